@@ -14,8 +14,3 @@ void fm_gen_params_default(fm_gen_params *p) {
     p->repeat_penalty = 1.0f;
 }
 
-fm_status fm_model_open(const char *dir, const fm_model_params *p, fm_model **out) {
-    *out = NULL;
-    (void)p;
-    return fm__err(FM_ERR_UNSUPPORTED, "%s: model loading is not built yet", dir);
-}

@@ -83,4 +83,18 @@ void fm__ec_note_routed(fm__ecache *c, int32_t layer, const int32_t *ids, int32_
 
 void fm__ec_get_stats(const fm__ecache *c, fm__ec_stats *out);
 
+/* Memory plan: how many slots per layer a budget buys. capacity_req > 0 wins (clamped to
+ * [top_k, n_experts]); else mem_limit > 0 is the budget; else the budget is available
+ * memory (MemAvailable and any cgroup v1/v2 limit) minus a safety margin. The budget pays
+ * for resident_bytes + kv_bytes first. FM_ERR_NOMEM if it cannot hold top_k experts per
+ * layer, with the numbers in the message. */
+typedef struct fm__ec_plan {
+    uint64_t budget, resident_bytes, kv_bytes, cache_bytes;
+    int32_t capacity;
+    double fraction; /* capacity / n_experts */
+} fm__ec_plan;
+fm_status fm__ec_make_plan(const fm__expert_map *map, uint64_t resident_bytes,
+                           uint64_t kv_bytes, int64_t mem_limit, int32_t capacity_req,
+                           fm__ec_plan *out);
+
 #endif
