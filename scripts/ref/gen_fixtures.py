@@ -139,8 +139,16 @@ SPECS = [
 ]
 
 # MLX-quantized qwen3_moe fixtures (stacked switch_mlp experts, quantized embed and lm_head).
+# Every quantized input dim must be a multiple of the group size: moe_inter = max(64, group).
 D128 = dict(hidden=128, heads=4, kv_heads=2, head_dim=32, vocab=320, layers=2, inter=128, moe_inter=64,
             experts=8, top_k=4, norm_topk=True, mlp_only=[0])
+
+
+def qdims(gs):
+    d = dict(D128)
+    if gs > 64:
+        d.update(moe_inter=gs, experts=4, top_k=2)
+    return d
 QSPECS = [
     # name, bits, group_size, overrides {module path: {bits, group_size}}
     ("qwen3_moe_q4_g32", 4, 32, None),
@@ -296,14 +304,15 @@ def build_plain(outdir, spec, seed):
 def build_quant(outdir, qspec, seed):
     name, bits, gs, override = qspec
     arch = "qwen3_moe"
-    config = base_config(arch, D128, "pub", "BF16")
+    dims = qdims(gs)
+    config = base_config(arch, dims, "pub", "BF16")
     cfg = models.Cfg(config)
     model = models.MoeForCausalLM(cfg)
     sd = stack_experts(random_state(model, seed), cfg)
     qcfg = {"group_size": gs, "bits": bits}
     per_module = {}
     if override == "router8":
-        for i in range(D128["layers"]):
+        for i in range(dims["layers"]):
             if models.layer_is_sparse(cfg, i):
                 per_module["model.layers.%d.mlp.gate" % i] = {"group_size": 64, "bits": 8}
     qcfg.update(per_module)
@@ -328,6 +337,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     only = set(x for x in a.only.split(",") if x)
+    mlx_quant.self_check()
     for i, spec in enumerate(SPECS):
         if not only or spec[0] in only:
             build_plain(a.out, spec, 1000 + i)
