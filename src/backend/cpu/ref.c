@@ -1,88 +1,88 @@
-/* ref.c: the scalar reference kernels and a serial stand-in for the thread pool. These
- * define the numerics every SIMD path must reproduce. (Kernel work replaces the pool
- * and adds dispatch; the scalar functions stay as the reference.) */
-#include "backend/backend.h"
+/* ref.c: the scalar reference kernels. They define the numerics every SIMD path must
+ * reproduce (within rounding): each weight is dequantized exactly as MLX does
+ * (w = scale * q + bias, in float) and each dot product is accumulated in double, in
+ * column order. Also the embedding row lookup (fm__mat_row) and the helpers the SIMD
+ * paths share (fm__qunpack, fm__xsum).
+ *
+ * MLX affine packing (ml-explore/mlx, mlx/backend/cpu/quantized.cpp: get_pack_factor,
+ * get_bytes_per_pack, extract_bits and _qmm_t): a row of K values is stored as bytes;
+ * for bits 2, 4 and 8 byte k holds values k*(8/bits) .. with the first value in the
+ * lowest bits; for bits 3 and 5 each 3 or 5 bytes hold 8 values and for bits 6 each
+ * 3 bytes hold 4 values, again lowest bits first and spilling into the next byte.
+ * Both cases are one little-endian bit stream: value j occupies bits [j*bits,
+ * (j+1)*bits) of the row's bytes, which on little-endian hosts is bit (j*bits & 31) of
+ * uint32 word j*bits/32. Each group of `group` consecutive values has one scale and one
+ * bias (scales/biases [rows][cols/group]). */
+#include "backend/cpu/kern.h"
 #include "common.h"
 
-#include <stdlib.h>
-
-struct fm__pool { int n; };
-
-fm__pool *fm__pool_new(int n_threads) {
-    fm__pool *p = calloc(1, sizeof *p);
-    if (p) p->n = 1;
-    (void)n_threads;
-    return p;
-}
-void fm__pool_free(fm__pool *p) { free(p); }
-int fm__pool_size(const fm__pool *p) { return p ? p->n : 1; }
-void fm__pool_run(fm__pool *p, int64_t n, void (*fn)(int64_t, void *), void *ctx) {
-    (void)p;
-    for (int64_t i = 0; i < n; i++) fn(i, ctx);
+/* Integer value j of a packed row (bits in 2..8). */
+static inline uint32_t qget(const uint32_t *w, int32_t bits, int64_t j) {
+    uint64_t bit = (uint64_t)j * (uint64_t)bits;
+    uint64_t word = bit >> 5, sh = bit & 31;
+    uint64_t v = w[word] >> sh;
+    if (sh + (uint64_t)bits > 32) v |= (uint64_t)w[word + 1] << (32 - sh);
+    return (uint32_t)v & ((1u << bits) - 1);
 }
 
-static inline float load_scale(const void *base, fm__dtype dt, int64_t i) {
-    switch (dt) {
-    case FM_DT_BF16: return fm__bf16_to_f32(((const uint16_t *)base)[i]);
-    case FM_DT_F16: return fm__f16_to_f32(((const uint16_t *)base)[i]);
-    default: return ((const float *)base)[i];
+void fm__qunpack(const uint32_t *row, int32_t bits, int64_t j0, int count, float *out) {
+    for (int k = 0; k < count; k++) out[k] = (float)qget(row, bits, j0 + k);
+}
+
+void fm__xsum(const float *x, int64_t cols, int32_t group, float *xs) {
+    int64_t ng = cols / group;
+    for (int64_t g = 0; g < ng; g++) {
+        const float *p = x + g * group;
+        float s = 0;
+        for (int32_t k = 0; k < group; k++) s += p[k];
+        xs[g] = s;
     }
 }
 
-/* Dequantizes row r of an affine-quantized matrix (MLX layout: little-endian bit stream,
- * element j of a row at bit j*bits of the row's uint32 words). */
-static void qrow(const fm__mat *W, int64_t r, float *out) {
-    const uint32_t *w = (const uint32_t *)W->data + r * (W->cols * W->bits / 32);
-    int64_t ng = W->cols / W->group;
-    uint32_t mask = (1u << W->bits) - 1;
-    for (int64_t j = 0; j < W->cols; j++) {
-        uint64_t bit = (uint64_t)j * (uint64_t)W->bits;
-        uint64_t word = bit >> 5, sh = bit & 31;
-        uint64_t v = w[word] >> sh;
-        if (sh + (uint64_t)W->bits > 32) v |= (uint64_t)w[word + 1] << (32 - sh);
-        float q = (float)(v & mask);
-        int64_t g = r * ng + j / W->group;
-        out[j] = load_scale(W->scales, W->sdt, g) * q + load_scale(W->biases, W->sdt, g);
+/* Element j of row r as float, the reference dequantization. */
+static inline float ref_elem(const fm__mat *W, const void *row, int64_t r, int64_t j) {
+    switch (W->type) {
+    case FM_W_F32: return ((const float *)row)[j];
+    case FM_W_BF16: return fm__bf16_to_f32(((const uint16_t *)row)[j]);
+    case FM_W_F16: return fm__f16_to_f32(((const uint16_t *)row)[j]);
+    case FM_W_QAFFINE: {
+        int64_t g = r * (W->cols / W->group) + j / W->group;
+        float q = (float)qget((const uint32_t *)row, W->bits, j);
+        return fm__ld_scale(W->scales, W->sdt, g) * q + fm__ld_scale(W->biases, W->sdt, g);
     }
+    }
+    return 0;
+}
+
+static const void *row_ptr(const fm__mat *W, int64_t r) {
+    switch (W->type) {
+    case FM_W_F32: return (const float *)W->data + r * W->cols;
+    case FM_W_BF16: case FM_W_F16: return (const uint16_t *)W->data + r * W->cols;
+    case FM_W_QAFFINE: return (const uint32_t *)W->data + r * (W->cols * W->bits / 32);
+    }
+    return NULL;
 }
 
 void fm__mat_row(const fm__mat *W, int64_t r, float *out) {
-    switch (W->type) {
-    case FM_W_F32: {
-        const float *s = (const float *)W->data + r * W->cols;
-        for (int64_t j = 0; j < W->cols; j++) out[j] = s[j];
-        break;
-    }
-    case FM_W_BF16: {
-        const uint16_t *s = (const uint16_t *)W->data + r * W->cols;
-        for (int64_t j = 0; j < W->cols; j++) out[j] = fm__bf16_to_f32(s[j]);
-        break;
-    }
-    case FM_W_F16: {
-        const uint16_t *s = (const uint16_t *)W->data + r * W->cols;
-        for (int64_t j = 0; j < W->cols; j++) out[j] = fm__f16_to_f32(s[j]);
-        break;
-    }
-    case FM_W_QAFFINE: qrow(W, r, out); break;
-    }
+    const void *row = row_ptr(W, r);
+    for (int64_t j = 0; j < W->cols; j++) out[j] = ref_elem(W, row, r, j);
 }
 
-void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int64_t n,
-                float *Y, int64_t ldy) {
-    (void)p;
-    float *row = malloc((size_t)W->cols * sizeof *row); /* reference path only */
-    FM_ASSERT(row != NULL);
-    for (int64_t r = 0; r < W->rows; r++) {
-        fm__mat_row(W, r, row);
-        for (int64_t b = 0; b < n; b++) {
-            const float *x = X + b * ldx;
-            double acc = 0; /* reference: accumulate in double */
-            for (int64_t j = 0; j < W->cols; j++) acc += (double)row[j] * x[j];
-            Y[b * ldy + r] = (float)acc;
+#define REF_NB 8 /* batch rows sharing one pass over a weight row */
+
+void fm__rows_scalar(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx,
+                     int64_t n, float *Y, int64_t ldy, const float *xs, int64_t ldxs) {
+    (void)xs; (void)ldxs;
+    for (int64_t r = r0; r < r1; r++) {
+        const void *row = row_ptr(W, r);
+        for (int64_t b0 = 0; b0 < n; b0 += REF_NB) {
+            int nb = (int)FM_MIN((int64_t)REF_NB, n - b0);
+            double acc[REF_NB] = {0};
+            for (int64_t j = 0; j < W->cols; j++) {
+                double w = (double)ref_elem(W, row, r, j);
+                for (int b = 0; b < nb; b++) acc[b] += w * (double)X[(b0 + b) * ldx + j];
+            }
+            for (int b = 0; b < nb; b++) Y[(b0 + b) * ldy + r] = (float)acc[b];
         }
     }
-    free(row);
 }
-
-const char *fm__kernel_path(void) { return "scalar"; }
-int fm__kernel_force(const char *path) { return path && path[0] == 's'; }

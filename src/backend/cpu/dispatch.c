@@ -1,0 +1,127 @@
+/* dispatch.c: fm__matmul for the CPU backend. Picks the kernel path once at run time
+ * (cpuid on x86-64, NEON on ARM64, scalar elsewhere; fm__kernel_force overrides it for
+ * tests), makes the per-call group sums of X that the quantized SIMD kernels need, and
+ * splits the output rows over the thread pool. Work is split only over rows, so results
+ * are bitwise the same for any thread count and any batch size. */
+#include "backend/cpu/kern.h"
+#include "common.h"
+
+#include <pthread.h>
+#include <string.h>
+
+typedef struct { const char *name; fm__rows_fn fn; int (*avail)(void); } kpath;
+
+static int avail_yes(void) { return 1; }
+#if defined(__x86_64__) || defined(__i386__)
+static int avail_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+static int avail_avx512(void) {
+    __builtin_cpu_init();
+    return avail_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+}
+#endif
+
+/* Best first. */
+static const kpath g_paths[] = {
+#if defined(__x86_64__) || defined(__i386__)
+    {"avx512", fm__rows_avx512, avail_avx512},
+    {"avx2", fm__rows_avx2, avail_avx2},
+#endif
+#if defined(__aarch64__)
+    {"neon", fm__rows_neon, avail_yes},
+#endif
+    {"scalar", fm__rows_scalar, avail_yes},
+};
+
+static const kpath *g_cur;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void pick_path(void) {
+    for (size_t i = 0; i < FM_ARRAY_LEN(g_paths); i++)
+        if (g_paths[i].avail()) { g_cur = &g_paths[i]; return; }
+}
+
+static const kpath *cur_path(void) {
+    pthread_once(&g_once, pick_path);
+    return g_cur;
+}
+
+const char *fm__kernel_path(void) { return cur_path()->name; }
+
+int fm__kernel_force(const char *path) {
+    cur_path();
+    if (!path) return 0;
+    for (size_t i = 0; i < FM_ARRAY_LEN(g_paths); i++)
+        if (strcmp(g_paths[i].name, path) == 0) {
+            if (!g_paths[i].avail()) return 0;
+            g_cur = &g_paths[i];
+            return 1;
+        }
+    return 0;
+}
+
+typedef struct {
+    fm__rows_fn fn;
+    const fm__mat *W;
+    const float *X, *xs;
+    float *Y;
+    int64_t ldx, n, ldy, ldxs, rows_per_task;
+} mm_job;
+
+static void mm_task(int64_t t, void *c) {
+    const mm_job *j = c;
+    int64_t r0 = t * j->rows_per_task, r1 = FM_MIN(j->W->rows, r0 + j->rows_per_task);
+    j->fn(j->W, r0, r1, j->X, j->ldx, j->n, j->Y, j->ldy, j->xs, j->ldxs);
+}
+
+/* Splits rows over the pool (serially for small work). */
+static void run_rows(fm__pool *p, mm_job *j) {
+    int nt = fm__pool_size(p);
+    uint64_t work = fm__mat_data_bytes(j->W) + (uint64_t)j->n * (uint64_t)j->W->rows * 64;
+    if (nt <= 1 || work < (64u << 10) || j->W->rows < 2) {
+        j->fn(j->W, 0, j->W->rows, j->X, j->ldx, j->n, j->Y, j->ldy, j->xs, j->ldxs);
+        return;
+    }
+    int64_t ntask = (int64_t)nt * 8;
+    int64_t rpt = (j->W->rows + ntask - 1) / ntask;
+    if (rpt < 4) rpt = 4;
+    j->rows_per_task = rpt;
+    fm__pool_run(p, (j->W->rows + rpt - 1) / rpt, mm_task, j);
+}
+
+#define XS_STACK 4096 /* floats of group sums kept on the stack per chunk of batch rows */
+
+void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int64_t n,
+                float *Y, int64_t ldy) {
+    if (n <= 0 || W->rows <= 0) return;
+    const kpath *k = cur_path();
+    mm_job j = {k->fn, W, X, NULL, Y, ldx, n, ldy, 0, 0};
+    if (W->type != FM_W_QAFFINE || k->fn == fm__rows_scalar) {
+        run_rows(p, &j);
+        return;
+    }
+    int64_t ng = W->cols / W->group;
+    if (ng > FM_XSUM_MAX) { /* too wide for the group-sum buffer: reference numerics */
+        j.fn = fm__rows_scalar;
+        run_rows(p, &j);
+        return;
+    }
+    /* Group sums for a chunk of batch rows at a time; the buffer lives on this stack. */
+    float xs[FM_XSUM_MAX > XS_STACK ? FM_XSUM_MAX : XS_STACK];
+    int64_t per = FM_MAX((int64_t)1, (int64_t)(sizeof xs / sizeof xs[0]) / FM_MAX(ng, (int64_t)1));
+    for (int64_t b0 = 0; b0 < n; b0 += per) {
+        int64_t nb = FM_MIN(per, n - b0);
+        for (int64_t b = 0; b < nb; b++) fm__xsum(X + (b0 + b) * ldx, W->cols, W->group, xs + b * ng);
+        j.X = X + b0 * ldx;
+        j.Y = Y + b0 * ldy;
+        j.n = nb;
+        j.xs = xs;
+        j.ldxs = ng;
+        run_rows(p, &j);
+    }
+}
