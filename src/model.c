@@ -1,8 +1,700 @@
-/* model.c: placeholder until the loader and forward pass land. */
+/* model.c: a loaded MoE model and its exact CPU forward pass.
+ *
+ * Load: config.json -> safetensors index -> resident weights (fm__mat views into the
+ * mmap) -> expert map (byte ranges of every routed expert) -> memory plan -> expert
+ * cache. Forward, llama2.c style: weight structs with shape comments, scratch allocated
+ * once at load, a linear forward() with one comment per step, no allocation in the hot
+ * path.
+ *
+ * Exactness: a token's MoE output is the sum over its top-k experts, in rank order, of
+ * weight * expert(x). Each expert runs once per batch over all tokens routed to it,
+ * whatever the cache holds; experts are fetched in chunks of at most the cache capacity
+ * and their per-(token, rank) outputs kept until all chunks ran, so logits are bitwise the
+ * same at any capacity, and (with batch-independent kernels) in prefill and decode. */
 #include "model.h"
+#include "arch.h"
+#include "backend/ops.h"
+#include "config.h"
+#include "loader.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MAX_BATCH 128       /* tokens per forward chunk (bounds the scratch) */
+#define MAX_HEAD_DIM 1024
+
+typedef struct layer_w {
+    float *attn_norm;        /* [hidden] */
+    fm__mat wq;              /* [n_heads*head_dim, hidden] */
+    fm__mat wk, wv;          /* [n_kv_heads*head_dim, hidden] */
+    fm__mat wo;              /* [hidden, n_heads*head_dim] */
+    float *bq, *bk, *bv, *bo;/* biases of q/k/v/o or NULL */
+    float *q_norm, *k_norm;  /* [head_dim] (per head) or [heads*head_dim] (whole), or NULL */
+    float *ffn_norm;         /* [hidden] */
+    int32_t moe;             /* index among MoE layers, -1 = dense MLP */
+    fm__mat router;          /* [n_experts, hidden] */
+    fm__mat mg, mu, md;      /* dense MLP or shared expert: [I, hidden] x2, [hidden, I] */
+    int32_t m_inter;         /* I of mg/mu/md, 0 = none */
+    fm__mat shared_gate;     /* [1, hidden] (qwen2_moe), data NULL if none */
+} layer_w;
+
+struct fm_model {
+    char *dir;
+    fm__config *cfg;
+    fm__st_set *st;
+    fm__loader ld;
+    fm__mat embed;           /* [vocab, hidden] */
+    float *final_norm;       /* [hidden] */
+    fm__mat lm_head;         /* [vocab, hidden] (the embedding when tied) */
+    layer_w *layers;         /* [n_layers] */
+    int32_t n_moe;
+    fm__expert_map emap;
+    fm__ec_plan plan;
+    fm__ecache *cache;
+    fm__pool *pool;
+    struct fm__tokenizer *tok;
+    int32_t n_ctx, miss_policy;
+    int32_t qd, kvd, rot;    /* n_heads*head_dim, n_kv_heads*head_dim, rotated dims */
+    float *rope_cos, *rope_sin; /* [n_ctx][rot/2] */
+    int64_t resident_bytes;
+    fm_model_info info;
+    int32_t eos_count;
+    const int32_t *eos_ids;
+    /* scratch, B = MAX_BATCH rows */
+    float *x, *xb, *hb;      /* [B, hidden] */
+    float *q, *att;          /* [B, qd] */
+    float *k, *v;            /* [B, kvd] */
+    float *mg_out, *mu_out;  /* [B, max intermediate] */
+    float *rl;               /* [B, n_experts] router probabilities */
+    float *topw;             /* [B, top_k] routing weights */
+    int32_t *topi;           /* [B, top_k] expert ids */
+    float *ebuf;             /* [B, top_k, hidden] per-(token, rank) expert outputs */
+    float *ein, *eout;       /* [B, hidden] gathered expert input / output */
+    float *sg;               /* [B] shared expert gate */
+    int32_t *cnt, *eoff;     /* [n_experts + 1] */
+    int32_t *elist;          /* [B * top_k] (token*top_k + rank), grouped by expert */
+    int32_t *uniq;           /* [n_experts] experts routed in this batch */
+    fm__expert_w *ew;        /* [capacity] */
+};
+
+struct fm__state {
+    fm_model *m;
+    int32_t pos, n_ctx;
+    float *kc, *vc;          /* [n_layers][n_ctx][kvd] */
+};
+
+/* ---- load --------------------------------------------------------------------------- */
+
+static fm_status load_layer(fm_model *m, int32_t l, int32_t *moe_idx) {
+    const fm__config *c = m->cfg;
+    const fm__arch *a = c->arch;
+    fm__loader *L = &m->ld;
+    layer_w *w = &m->layers[l];
+    char p[200], n[300];
+    fm_status rc;
+    int64_t H = c->hidden, hd = c->head_dim;
+    snprintf(p, sizeof p, "model.layers.%d", l);
+#define MOD(...) (snprintf(n, sizeof n, __VA_ARGS__), n)
+    if ((rc = fm__load_vec(L, MOD("%s.input_layernorm.weight", p), H, true, &w->attn_norm)) ||
+        (rc = fm__load_vec(L, MOD("%s.post_attention_layernorm.weight", p), H, true, &w->ffn_norm)) ||
+        (rc = fm__load_mat(L, MOD("%s.self_attn.q_proj", p), m->qd, H, true, &w->wq)) ||
+        (rc = fm__load_mat(L, MOD("%s.self_attn.k_proj", p), m->kvd, H, true, &w->wk)) ||
+        (rc = fm__load_mat(L, MOD("%s.self_attn.v_proj", p), m->kvd, H, true, &w->wv)) ||
+        (rc = fm__load_mat(L, MOD("%s.self_attn.o_proj", p), H, m->qd, true, &w->wo)))
+        return rc;
+    bool need_b = a->qkv_bias || c->attention_bias;
+    if ((rc = fm__load_vec(L, MOD("%s.self_attn.q_proj.bias", p), m->qd, need_b, &w->bq)) ||
+        (rc = fm__load_vec(L, MOD("%s.self_attn.k_proj.bias", p), m->kvd, need_b, &w->bk)) ||
+        (rc = fm__load_vec(L, MOD("%s.self_attn.v_proj.bias", p), m->kvd, need_b, &w->bv)) ||
+        (rc = fm__load_vec(L, MOD("%s.self_attn.o_proj.bias", p), H, c->attention_bias, &w->bo)))
+        return rc;
+    if (a->qk_norm != FM_QKNORM_NONE) {
+        int64_t qn = a->qk_norm == FM_QKNORM_HEAD ? hd : m->qd;
+        int64_t kn = a->qk_norm == FM_QKNORM_HEAD ? hd : m->kvd;
+        if ((rc = fm__load_vec(L, MOD("%s.self_attn.q_norm.weight", p), qn, true, &w->q_norm)) ||
+            (rc = fm__load_vec(L, MOD("%s.self_attn.k_norm.weight", p), kn, true, &w->k_norm)))
+            return rc;
+    }
+    w->moe = -1;
+    if (fm__config_layer_is_moe(c, l)) {
+        /* Mixtral checkpoints written by transformers 5 use "mlp" instead of its prefix. */
+        char mp[240];
+        snprintf(mp, sizeof mp, "%s.%s", p, a->moe_prefix);
+        fm__loader probe = *L;
+        if (!fm__has_experts(&probe, mp)) {
+            char alt[240];
+            snprintf(alt, sizeof alt, "%s.mlp", p);
+            if (fm__has_experts(&probe, alt)) memcpy(mp, alt, sizeof mp);
+        }
+        w->moe = (*moe_idx)++;
+        if ((rc = fm__load_mat(L, MOD("%s.%s", mp, a->router_name), c->n_experts, H, true, &w->router)))
+            return rc;
+        fm__expert_src *src = m->emap.src + (int64_t)w->moe * c->n_experts;
+        if ((rc = fm__load_experts(L, mp, c->n_experts, c->moe_inter, H, src))) return rc;
+        if (a->shared_expert) {
+            w->m_inter = c->shared_inter;
+            if ((rc = fm__load_mat(L, MOD("%s.shared_expert.gate_proj", mp), w->m_inter, H, true, &w->mg)) ||
+                (rc = fm__load_mat(L, MOD("%s.shared_expert.up_proj", mp), w->m_inter, H, true, &w->mu)) ||
+                (rc = fm__load_mat(L, MOD("%s.shared_expert.down_proj", mp), H, w->m_inter, true, &w->md)) ||
+                (rc = fm__load_mat(L, MOD("%s.shared_expert_gate", mp), 1, H, true, &w->shared_gate)))
+                return rc;
+        }
+    } else {
+        if (c->inter <= 0)
+            return fm__err(FM_ERR_FORMAT, "%s: missing key intermediate_size (layer %d is dense)",
+                           c->path, l);
+        w->m_inter = c->inter;
+        if ((rc = fm__load_mat(L, MOD("%s.mlp.gate_proj", p), w->m_inter, H, true, &w->mg)) ||
+            (rc = fm__load_mat(L, MOD("%s.mlp.up_proj", p), w->m_inter, H, true, &w->mu)) ||
+            (rc = fm__load_mat(L, MOD("%s.mlp.down_proj", p), H, w->m_inter, true, &w->md)))
+            return rc;
+    }
+#undef MOD
+    return FM_OK;
+}
+
+/* A key that changes when the checkpoint or its config changes (sizes, mtimes). */
+static char *content_key(const fm_model *m) {
+    uint64_t h = 1469598103934665603ull;
+    for (int32_t i = 0; i < m->st->n_files; i++) {
+        struct stat st;
+        const char *p = m->st->files[i].path;
+        for (const char *q = p; *q; q++) h = (h ^ (uint8_t)*q) * 1099511628211ull;
+        if (stat(p, &st) == 0) {
+            h = (h ^ (uint64_t)st.st_size) * 1099511628211ull;
+            h = (h ^ (uint64_t)st.st_mtime) * 1099511628211ull;
+        }
+    }
+    struct stat cs;
+    if (stat(m->cfg->path, &cs) == 0) {
+        h = (h ^ (uint64_t)cs.st_size) * 1099511628211ull;
+        h = (h ^ (uint64_t)cs.st_mtime) * 1099511628211ull;
+    }
+    return fm__asprintf("%s-%016llx", m->cfg->model_type, (unsigned long long)h);
+}
+
+static uint64_t expert_bytes(const fm__expert_src *e) {
+    const fm__mat_src *ms[3] = {&e->gate, &e->up, &e->down};
+    uint64_t b = 0;
+    for (int i = 0; i < 3; i++) b += ms[i]->data.len + ms[i]->scales.len + ms[i]->biases.len;
+    return b;
+}
+
+static float *falloc(size_t n) { return fm__aligned_alloc(64, (n ? n : 1) * sizeof(float)); }
+
+static fm_status alloc_scratch(fm_model *m) {
+    const fm__config *c = m->cfg;
+    size_t B = MAX_BATCH, H = (size_t)c->hidden, K = (size_t)c->top_k, E = (size_t)c->n_experts;
+    size_t I = (size_t)FM_MAX(c->moe_inter, FM_MAX(c->inter, c->shared_inter));
+    int32_t cap = fm__ec_capacity(m->cache);
+    m->x = falloc(B * H);
+    m->xb = falloc(B * H);
+    m->hb = falloc(B * H);
+    m->q = falloc(B * (size_t)m->qd);
+    m->att = falloc(B * (size_t)m->qd);
+    m->k = falloc(B * (size_t)m->kvd);
+    m->v = falloc(B * (size_t)m->kvd);
+    m->mg_out = falloc(B * I);
+    m->mu_out = falloc(B * I);
+    m->rl = falloc(B * E);
+    m->topw = falloc(B * K);
+    m->ebuf = falloc(B * K * H);
+    m->ein = falloc(B * H);
+    m->eout = falloc(B * H);
+    m->sg = falloc(B);
+    m->topi = fm__calloc(B * K, sizeof *m->topi);
+    m->cnt = fm__calloc(E + 1, sizeof *m->cnt);
+    m->eoff = fm__calloc(E + 1, sizeof *m->eoff);
+    m->elist = fm__calloc(B * K, sizeof *m->elist);
+    m->uniq = fm__calloc(E, sizeof *m->uniq);
+    m->ew = fm__calloc((size_t)(cap > 0 ? cap : 1), sizeof *m->ew);
+    if (!m->x || !m->xb || !m->hb || !m->q || !m->att || !m->k || !m->v || !m->mg_out ||
+        !m->mu_out || !m->rl || !m->topw || !m->ebuf || !m->ein || !m->eout || !m->sg ||
+        !m->topi || !m->cnt || !m->eoff || !m->elist || !m->uniq || !m->ew)
+        return fm__err(FM_ERR_NOMEM, "out of memory for the forward pass scratch");
+    return FM_OK;
+}
+
+/* Precomputes cos/sin of every position like transformers' default RoPE (float32
+ * inv_freq and position products). */
+static fm_status rope_table(fm_model *m) {
+    int32_t half = m->rot / 2;
+    m->rope_cos = falloc((size_t)m->n_ctx * (size_t)half);
+    m->rope_sin = falloc((size_t)m->n_ctx * (size_t)half);
+    if (!m->rope_cos || !m->rope_sin) return fm__err(FM_ERR_NOMEM, "out of memory for RoPE tables");
+    for (int32_t i = 0; i < half; i++) {
+        float inv = (float)(1.0 / pow(m->cfg->rope_theta, (double)(2 * i) / (double)m->rot));
+        for (int32_t p = 0; p < m->n_ctx; p++) {
+            float f = (float)p * inv;
+            m->rope_cos[(size_t)p * half + i] = cosf(f);
+            m->rope_sin[(size_t)p * half + i] = sinf(f);
+        }
+    }
+    return FM_OK;
+}
+
+static const char *cache_dir_param(const char *p, char *buf, size_t n) {
+    if (p) return p;
+    const char *home = getenv("HOME");
+    if (!home || !*home) return NULL;
+    snprintf(buf, n, "%s/.cache/flash-moe", home);
+    struct stat st;
+    return stat(buf, &st) == 0 && S_ISDIR(st.st_mode) ? buf : NULL;
+}
+
+static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
+    fm_status rc;
+    if ((rc = fm__config_load(dir, &m->cfg))) return rc;
+    const fm__config *c = m->cfg;
+    if ((rc = fm__st_open_dir(dir, &m->st))) return rc;
+    m->ld.st = m->st;
+    m->ld.cfg = c;
+    m->qd = c->n_heads * c->head_dim;
+    m->kvd = c->n_kv_heads * c->head_dim;
+    if (c->head_dim > MAX_HEAD_DIM)
+        return fm__err(FM_ERR_UNSUPPORTED, "%s: head_dim %d is over %d", c->path, c->head_dim, MAX_HEAD_DIM);
+    m->rot = (int32_t)(c->head_dim * c->partial_rotary);
+    m->rot -= m->rot % 2;
+    m->n_ctx = p->n_ctx > 0 ? p->n_ctx : (c->max_pos > 0 ? FM_MIN(c->max_pos, 4096) : 4096);
+    m->miss_policy = p->miss_policy;
+    if (p->miss_policy != FM_MISS_EXACT && p->miss_policy != FM_MISS_SKIP)
+        return fm__err(FM_ERR_ARG, "miss_policy %d is neither FM_MISS_EXACT nor FM_MISS_SKIP", p->miss_policy);
+
+    /* Resident weights and the expert map. */
+    int64_t H = c->hidden, V = c->vocab;
+    if ((rc = fm__load_mat(&m->ld, "model.embed_tokens", V, H, true, &m->embed)) ||
+        (rc = fm__load_vec(&m->ld, "model.norm.weight", H, true, &m->final_norm)))
+        return rc;
+    if (fm__st_find(m->st, "lm_head.weight")) {
+        if ((rc = fm__load_mat(&m->ld, "lm_head", V, H, true, &m->lm_head))) return rc;
+    } else if (c->tie_embeddings || !fm__st_find(m->st, "lm_head.weight")) {
+        if (!c->tie_embeddings && !fm__st_find(m->st, "lm_head.weight") &&
+            fm__st_find(m->st, "lm_head.scales"))
+            return fm__err(FM_ERR_FORMAT, "%s: missing tensor lm_head.weight", m->st->files[0].path);
+        m->lm_head = m->embed; /* tied (transformers drops lm_head.weight when tied) */
+    }
+    for (int32_t l = 0; l < c->n_layers; l++) m->n_moe += fm__config_layer_is_moe(c, l);
+    m->layers = fm__calloc((size_t)c->n_layers, sizeof *m->layers);
+    m->emap.src = fm__calloc((size_t)FM_MAX(m->n_moe, 1) * (size_t)c->n_experts, sizeof *m->emap.src);
+    if (!m->layers || !m->emap.src) return fm__err(FM_ERR_NOMEM, "out of memory");
+    int32_t moe_idx = 0;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if ((rc = load_layer(m, l, &moe_idx))) return rc;
+    m->resident_bytes = (int64_t)m->ld.resident_bytes;
+
+    fm__expert_map *em = &m->emap;
+    em->n_files = m->st->n_files;
+    em->paths = fm__calloc((size_t)em->n_files, sizeof *em->paths);
+    if (!em->paths) return fm__err(FM_ERR_NOMEM, "out of memory");
+    for (int32_t i = 0; i < em->n_files; i++)
+        if (!(em->paths[i] = fm__strdup(m->st->files[i].path))) return fm__err(FM_ERR_NOMEM, "out of memory");
+    em->n_moe_layers = m->n_moe;
+    em->n_experts = c->n_experts;
+    em->top_k = c->top_k;
+    em->expert_bytes = m->n_moe ? expert_bytes(&em->src[0]) : 0;
+    em->content_key = content_key(m);
+    if (!em->content_key) return fm__err(FM_ERR_NOMEM, "out of memory");
+    if (m->n_moe == 0)
+        return fm__err(FM_ERR_UNSUPPORTED, "%s: no layer has routed experts", c->path);
+
+    /* Memory plan, then the cache. */
+    uint64_t kv_bytes = 2ull * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)m->kvd * 4u;
+    if ((rc = fm__ec_make_plan(em, (uint64_t)m->resident_bytes, kv_bytes, p->mem_limit, p->capacity,
+                               &m->plan)))
+        return rc;
+    char cbuf[512];
+    fm__ec_params ecp = {0};
+    ecp.capacity = m->plan.capacity;
+    ecp.miss_policy = p->miss_policy;
+    ecp.profile = p->profile;
+    ecp.store_dir = cache_dir_param(p->cache_dir, cbuf, sizeof cbuf);
+    if ((rc = fm__ec_open(em, &ecp, &m->cache))) return rc;
+    if (p->verbose)
+        FM_LOGW("memory plan: resident %.1f MiB, KV %.1f MiB (n_ctx %d), expert cache %.1f MiB: "
+                "capacity %d of %d experts per layer (%.0f%%), %d MoE layers, %.2f MiB per expert",
+                (double)m->plan.resident_bytes / 1048576.0, (double)m->plan.kv_bytes / 1048576.0,
+                m->n_ctx, (double)m->plan.cache_bytes / 1048576.0, m->plan.capacity, c->n_experts,
+                100.0 * m->plan.fraction, m->n_moe, (double)em->expert_bytes / 1048576.0);
+
+    m->pool = fm__pool_new(p->n_threads);
+    if (!m->pool) return fm__err(FM_ERR_NOMEM, "cannot start the thread pool");
+    if ((rc = alloc_scratch(m)) || (rc = rope_table(m))) return rc;
+
+    /* Tokenizer (optional). */
+    char *tj = fm__path_join(dir, "tokenizer.json");
+    if (!tj) return fm__err(FM_ERR_NOMEM, "out of memory");
+    bool has_tok = fm__file_exists(tj);
+    free(tj);
+    if (has_tok) {
+        rc = fm__tok_load(dir, &m->tok);
+        if (rc == FM_ERR_UNSUPPORTED) { m->tok = NULL; fm__clear_err(); }
+        else if (rc) return rc;
+    }
+    m->eos_count = c->n_eos;
+    m->eos_ids = c->eos_ids;
+    if (m->tok) {
+        const int32_t *ids = NULL;
+        int n = fm__tok_eos_ids(m->tok, &ids);
+        if (n > 0) { m->eos_count = n; m->eos_ids = ids; }
+    }
+    return FM_OK;
+}
+
+fm_status fm__model_load(const char *dir, const fm_model_params *p, fm_model **out) {
+    if (!out) return fm__err(FM_ERR_ARG, "fm_model_open: out is NULL");
+    *out = NULL;
+    if (!dir) return fm__err(FM_ERR_ARG, "fm_model_open: dir is NULL");
+    fm_model_params defp;
+    if (!p) { fm_model_params_default(&defp); p = &defp; }
+    fm_model *m = calloc(1, sizeof *m);
+    if (!m) return fm__err(FM_ERR_NOMEM, "out of memory");
+    m->dir = fm__strdup(dir);
+    fm_status rc = m->dir ? load(m, dir, p) : fm__err(FM_ERR_NOMEM, "out of memory");
+    if (rc) { fm_model_free(m); return rc; }
+    *out = m;
+    return FM_OK;
+}
 
 fm_status fm_model_open(const char *dir, const fm_model_params *p, fm_model **out) {
-    (void)p;
+    return fm__model_load(dir, p, out);
+}
+
+void fm_model_free(fm_model *m) {
+    if (!m) return;
+    fm__ec_free(m->cache);
+    fm__tok_free(m->tok);
+    fm__pool_free(m->pool);
+    if (m->emap.paths)
+        for (int32_t i = 0; i < m->emap.n_files; i++) free(m->emap.paths[i]);
+    free(m->emap.paths);
+    free(m->emap.src);
+    free(m->emap.content_key);
+    free(m->layers);
+    fm__loader_free(&m->ld);
+    fm__st_free(m->st);
+    fm__config_free(m->cfg);
+    void *bufs[] = {m->x, m->xb, m->hb, m->q, m->att, m->k, m->v, m->mg_out, m->mu_out, m->rl,
+                    m->topw, m->ebuf, m->ein, m->eout, m->sg, m->topi, m->cnt, m->eoff, m->elist,
+                    m->uniq, m->ew, m->rope_cos, m->rope_sin};
+    for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++) free(bufs[i]);
+    free(m->dir);
+    free(m);
+}
+
+fm_status fm_model_get_info(const fm_model *m, fm_model_info *out) {
+    if (!m || !out) return fm__err(FM_ERR_ARG, "fm_model_get_info: NULL argument");
+    const fm__config *c = m->cfg;
+    memset(out, 0, sizeof *out);
+    out->arch = c->model_type;
+    out->n_layers = c->n_layers;
+    out->n_moe_layers = m->n_moe;
+    out->hidden = c->hidden;
+    out->vocab = c->vocab;
+    out->n_experts = c->n_experts;
+    out->top_k = c->top_k;
+    out->n_ctx = m->n_ctx;
+    out->resident_bytes = m->resident_bytes;
+    out->expert_bytes = (int64_t)m->emap.expert_bytes;
+    out->all_expert_bytes = (int64_t)m->emap.expert_bytes * m->n_moe * c->n_experts;
+    out->capacity = fm__ec_capacity(m->cache);
+    out->eos_count = m->eos_count;
+    out->eos_ids = m->eos_ids;
+    return FM_OK;
+}
+
+int32_t fm__model_vocab(const fm_model *m) { return m->cfg->vocab; }
+fm__ecache *fm__model_cache(fm_model *m) { return m->cache; }
+struct fm__tokenizer *fm__model_tokenizer(const fm_model *m) { return m->tok; }
+const char *fm__model_dir(const fm_model *m) { return m->dir; }
+
+/* ---- state ------------------------------------------------------------------------- */
+
+fm_status fm__state_new(fm_model *m, int32_t n_ctx, fm__state **out) {
     *out = NULL;
-    return fm__err(FM_ERR_UNSUPPORTED, "%s: model loading is not built yet", dir);
+    if (n_ctx <= 0 || n_ctx > m->n_ctx)
+        return fm__err(FM_ERR_ARG, "state n_ctx %d must be in [1, %d]", n_ctx, m->n_ctx);
+    fm__state *s = calloc(1, sizeof *s);
+    if (!s) return fm__err(FM_ERR_NOMEM, "out of memory");
+    size_t n = (size_t)m->cfg->n_layers * (size_t)n_ctx * (size_t)m->kvd;
+    s->m = m;
+    s->n_ctx = n_ctx;
+    s->kc = falloc(n);
+    s->vc = falloc(n);
+    if (!s->kc || !s->vc) {
+        fm__state_free(s);
+        return fm__err(FM_ERR_NOMEM, "out of memory for a KV cache of %d positions", n_ctx);
+    }
+    *out = s;
+    return FM_OK;
+}
+
+void fm__state_free(fm__state *s) {
+    if (!s) return;
+    free(s->kc);
+    free(s->vc);
+    free(s);
+}
+
+int32_t fm__state_pos(const fm__state *s) { return s->pos; }
+int32_t fm__state_n_ctx(const fm__state *s) { return s->n_ctx; }
+uint64_t fm__state_bytes(const fm__state *s) {
+    return 2ull * (uint64_t)s->m->cfg->n_layers * (uint64_t)s->n_ctx * (uint64_t)s->m->kvd * 4u;
+}
+
+fm_status fm__state_truncate(fm__state *s, int32_t n) {
+    if (n < 0 || n > s->pos) return fm__err(FM_ERR_ARG, "truncate to %d of %d positions", n, s->pos);
+    s->pos = n;
+    return FM_OK;
+}
+
+fm_status fm__state_snapshot(fm__state *s) { (void)s; return FM_OK; }
+
+/* ---- forward ----------------------------------------------------------------------- */
+
+typedef struct attn_ctx {
+    fm_model *m;
+    const fm__state *s;
+    int32_t layer, p0, n_heads, group;
+} attn_ctx;
+
+/* One (token, head) pair of causal attention over the KV cache. */
+static void attn_task(int64_t i, void *vctx) {
+    const attn_ctx *a = vctx;
+    const fm_model *m = a->m;
+    const fm__config *c = m->cfg;
+    int32_t t = (int32_t)(i / a->n_heads), h = (int32_t)(i % a->n_heads);
+    int32_t pos = a->p0 + t, hd = c->head_dim;
+    size_t lay = (size_t)a->layer * (size_t)a->s->n_ctx * (size_t)m->kvd;
+    const float *kb = a->s->kc + lay + (size_t)(h / a->group) * hd;
+    const float *vb = a->s->vc + lay + (size_t)(h / a->group) * hd;
+    int32_t k0 = c->sliding_window > 0 ? FM_MAX(0, pos - c->sliding_window + 1) : 0;
+    fm__attend(m->att + (size_t)t * m->qd + (size_t)h * hd, m->q + (size_t)t * m->qd + (size_t)h * hd,
+               kb, vb, m->kvd, k0, pos + 1, hd, 1.0f / sqrtf((float)hd));
+}
+
+/* Dense SwiGLU MLP of w over xb[0..T) into out (stride hidden). */
+static void mlp(fm_model *m, const layer_w *w, const float *xb, int32_t T, float *out) {
+    int64_t H = m->cfg->hidden, I = w->m_inter;
+    fm__matmul(m->pool, &w->mg, xb, H, T, m->mg_out, I);
+    fm__matmul(m->pool, &w->mu, xb, H, T, m->mu_out, I);
+    for (int32_t t = 0; t < T; t++) fm__silu_mul(m->mg_out + t * I, m->mu_out + t * I, I);
+    fm__matmul(m->pool, &w->md, m->mg_out, I, T, out, H);
+}
+
+/* Runs expert ew over the tokens routed to it (elist[first..first+n)), writing each
+ * (token, rank) output row into ebuf. */
+static void run_expert(fm_model *m, const fm__expert_w *ew, const float *xb, int32_t first,
+                       int32_t n) {
+    const fm__config *c = m->cfg;
+    int64_t H = c->hidden, I = c->moe_inter;
+    for (int32_t i = 0; i < n; i++)
+        memcpy(m->ein + (size_t)i * H, xb + (size_t)(m->elist[first + i] / c->top_k) * H, (size_t)H * 4);
+    fm__matmul(m->pool, &ew->gate, m->ein, H, n, m->mg_out, I);
+    fm__matmul(m->pool, &ew->up, m->ein, H, n, m->mu_out, I);
+    for (int32_t i = 0; i < n; i++) fm__silu_mul(m->mg_out + i * I, m->mu_out + i * I, I);
+    fm__matmul(m->pool, &ew->down, m->mg_out, I, n, m->eout, H);
+    for (int32_t i = 0; i < n; i++)
+        memcpy(m->ebuf + (size_t)m->elist[first + i] * H, m->eout + (size_t)i * H, (size_t)H * 4);
+}
+
+/* Routed experts of MoE layer w for xb[0..T) into out. */
+static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, float *out) {
+    const fm__config *c = m->cfg;
+    int32_t E = c->n_experts, K = c->top_k, H = c->hidden;
+    fm_status rc;
+    /* 1. router probabilities: softmax over the router logits */
+    fm__matmul(m->pool, &w->router, xb, H, T, m->rl, E);
+    for (int32_t t = 0; t < T; t++) fm__softmax(m->rl + (size_t)t * E, E);
+    /* 2. top-k per token (ties to the lower id), optional renormalization */
+    for (int32_t t = 0; t < T; t++) {
+        float *pr = m->rl + (size_t)t * E, *tw = m->topw + (size_t)t * K;
+        int32_t *ti = m->topi + (size_t)t * K;
+        double sum = 0;
+        for (int32_t k = 0; k < K; k++) {
+            int32_t best = -1;
+            for (int32_t e = 0; e < E; e++) {
+                bool taken = false;
+                for (int32_t j = 0; j < k; j++) taken |= ti[j] == e;
+                if (!taken && (best < 0 || pr[e] > pr[best])) best = e;
+            }
+            ti[k] = best;
+            tw[k] = pr[best];
+            sum += pr[best];
+        }
+        if (c->norm_topk_prob)
+            for (int32_t k = 0; k < K; k++) tw[k] = (float)(tw[k] / sum);
+    }
+    /* 3. skip policy: rank 0 always runs; other ranks only if resident, else dropped and
+     *    the kept weights rescaled to the original sum */
+    if (m->miss_policy == FM_MISS_SKIP) {
+        for (int32_t t = 0; t < T; t++) {
+            float *tw = m->topw + (size_t)t * K;
+            int32_t *ti = m->topi + (size_t)t * K;
+            double all = 0, kept = 0;
+            int32_t n_hit = 0, n_skip = 0;
+            for (int32_t k = 0; k < K; k++) {
+                fm__expert_w tmp;
+                bool hit = fm__ec_lookup(m->cache, w->moe, ti[k], &tmp);
+                n_hit += hit;
+                all += tw[k];
+                if (k > 0 && !hit) { n_skip++; tw[k] = 0; }
+                else kept += tw[k];
+            }
+            fm__ec_note_routed(m->cache, w->moe, ti, K, n_hit, n_skip);
+            if (n_skip && kept > 0)
+                for (int32_t k = 0; k < K; k++) tw[k] = (float)(tw[k] * (all / kept));
+        }
+    }
+    /* 4. group (token, rank) pairs by expert: the union of routed experts, ascending */
+    memset(m->cnt, 0, (size_t)(E + 1) * sizeof *m->cnt);
+    for (int32_t i = 0; i < T * K; i++)
+        if (m->miss_policy != FM_MISS_SKIP || m->topw[i] != 0 || i % K == 0) m->cnt[m->topi[i]]++;
+    int32_t nu = 0;
+    m->eoff[0] = 0;
+    for (int32_t e = 0; e < E; e++) {
+        m->eoff[e + 1] = m->eoff[e] + m->cnt[e];
+        if (m->cnt[e]) m->uniq[nu++] = e;
+        m->cnt[e] = 0;
+    }
+    for (int32_t i = 0; i < T * K; i++) {
+        if (m->miss_policy == FM_MISS_SKIP && m->topw[i] == 0 && i % K != 0) continue;
+        int32_t e = m->topi[i];
+        m->elist[m->eoff[e] + m->cnt[e]++] = i;
+    }
+    /* 5. fetch the union in chunks of at most the capacity; run each expert once */
+    int32_t cap = fm__ec_capacity(m->cache);
+    for (int32_t j0 = 0; j0 < nu; j0 += cap) {
+        int32_t n = FM_MIN(cap, nu - j0);
+        if ((rc = fm__ec_fetch(m->cache, w->moe, m->uniq + j0, n, m->ew))) return rc;
+        for (int32_t j = 0; j < n; j++) {
+            int32_t e = m->uniq[j0 + j];
+            run_expert(m, &m->ew[j], xb, m->eoff[e], m->eoff[e + 1] - m->eoff[e]);
+        }
+    }
+    /* 6. combine each token's expert outputs in rank order */
+    for (int32_t t = 0; t < T; t++) {
+        float *o = out + (size_t)t * H;
+        memset(o, 0, (size_t)H * 4);
+        for (int32_t k = 0; k < K; k++) {
+            size_t i = (size_t)t * K + k;
+            if (m->miss_policy == FM_MISS_SKIP && m->topw[i] == 0 && k != 0) continue;
+            const float *eo = m->ebuf + i * H;
+            float wk = m->topw[i];
+            for (int32_t d = 0; d < H; d++) o[d] += wk * eo[d];
+        }
+    }
+    return FM_OK;
+}
+
+/* Runs tokens[0..T) (T <= MAX_BATCH) at positions p0.. through all layers, leaving the
+ * final hidden states in m->x. */
+static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens, int32_t T, int32_t p0) {
+    const fm__config *c = m->cfg;
+    const fm__arch *a = c->arch;
+    int64_t H = c->hidden, hd = c->head_dim, QD = m->qd, KVD = m->kvd;
+    int32_t half = m->rot / 2;
+    fm_status rc;
+    /* 1. token embeddings */
+    for (int32_t t = 0; t < T; t++) fm__mat_row(&m->embed, tokens[t], m->x + t * H);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        const layer_w *w = &m->layers[l];
+        /* 2. attention pre-norm */
+        for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->attn_norm, H, c->rms_eps);
+        /* 3. q, k, v projections (+ bias) */
+        fm__matmul(m->pool, &w->wq, m->xb, H, T, m->q, QD);
+        fm__matmul(m->pool, &w->wk, m->xb, H, T, m->k, KVD);
+        fm__matmul(m->pool, &w->wv, m->xb, H, T, m->v, KVD);
+        for (int32_t t = 0; t < T; t++) {
+            float *q = m->q + t * QD, *k = m->k + t * KVD, *v = m->v + t * KVD;
+            if (w->bq) for (int64_t i = 0; i < QD; i++) q[i] += w->bq[i];
+            if (w->bk) for (int64_t i = 0; i < KVD; i++) k[i] += w->bk[i];
+            if (w->bv) for (int64_t i = 0; i < KVD; i++) v[i] += w->bv[i];
+            /* 4. q/k RMSNorm: over the whole projection, or per head */
+            if (a->qk_norm == FM_QKNORM_FULL) {
+                fm__rmsnorm(q, q, w->q_norm, QD, c->rms_eps);
+                fm__rmsnorm(k, k, w->k_norm, KVD, c->rms_eps);
+            } else if (a->qk_norm == FM_QKNORM_HEAD) {
+                for (int32_t h = 0; h < c->n_heads; h++) fm__rmsnorm(q + h * hd, q + h * hd, w->q_norm, hd, c->rms_eps);
+                for (int32_t h = 0; h < c->n_kv_heads; h++) fm__rmsnorm(k + h * hd, k + h * hd, w->k_norm, hd, c->rms_eps);
+            }
+            /* 5. optional clipping (OLMoE clip_qkv) */
+            if (c->clip_qkv > 0) {
+                float cl = c->clip_qkv;
+                for (int64_t i = 0; i < QD; i++) q[i] = fminf(fmaxf(q[i], -cl), cl);
+                for (int64_t i = 0; i < KVD; i++) {
+                    k[i] = fminf(fmaxf(k[i], -cl), cl);
+                    v[i] = fminf(fmaxf(v[i], -cl), cl);
+                }
+            }
+            /* 6. rotary embedding at this token's position */
+            const float *cs = m->rope_cos + (size_t)(p0 + t) * half, *sn = m->rope_sin + (size_t)(p0 + t) * half;
+            fm__rope(q, c->n_heads, (int32_t)hd, m->rot, cs, sn);
+            fm__rope(k, c->n_kv_heads, (int32_t)hd, m->rot, cs, sn);
+            /* 7. append k, v to the cache */
+            size_t at = ((size_t)l * s->n_ctx + (size_t)(p0 + t)) * (size_t)KVD;
+            memcpy(s->kc + at, k, (size_t)KVD * 4);
+            memcpy(s->vc + at, v, (size_t)KVD * 4);
+        }
+        /* 8. causal GQA attention, one task per (token, head) */
+        attn_ctx ac = {m, s, l, p0, c->n_heads, c->n_heads / c->n_kv_heads};
+        fm__pool_run(m->pool, (int64_t)T * c->n_heads, attn_task, &ac);
+        /* 9. output projection and residual */
+        fm__matmul(m->pool, &w->wo, m->att, QD, T, m->hb, H);
+        for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i] + (w->bo ? w->bo[i % H] : 0.0f);
+        /* 10. FFN pre-norm */
+        for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->ffn_norm, H, c->rms_eps);
+        if (w->moe >= 0) {
+            /* 11. routed experts (+ shared expert scaled by its sigmoid gate) */
+            if ((rc = moe(m, w, m->xb, T, m->hb))) return rc;
+            if (w->m_inter) {
+                mlp(m, w, m->xb, T, m->eout);
+                fm__matmul(m->pool, &w->shared_gate, m->xb, H, T, m->sg, 1);
+                for (int32_t t = 0; t < T; t++) {
+                    float g = fm__sigmoid(m->sg[t]);
+                    for (int64_t d = 0; d < H; d++) m->hb[t * H + d] += g * m->eout[t * H + d];
+                }
+            }
+        } else {
+            /* 11'. dense SwiGLU MLP */
+            mlp(m, w, m->xb, T, m->hb);
+        }
+        /* 12. residual */
+        for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i];
+    }
+    return FM_OK;
+}
+
+fm_status fm__forward(fm_model *m, fm__state *s, const int32_t *tokens, int32_t n,
+                      float *logits, int all_logits) {
+    const fm__config *c = m->cfg;
+    if (n < 0 || (n > 0 && !tokens)) return fm__err(FM_ERR_ARG, "fm__forward: bad token array");
+    if ((int64_t)s->pos + n > s->n_ctx)
+        return fm__err(FM_ERR_CONTEXT_FULL, "context full: %d + %d tokens > n_ctx %d", s->pos, n, s->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab)
+            return fm__err(FM_ERR_ARG, "token %d at index %d is outside the vocabulary [0, %d)",
+                           tokens[i], i, c->vocab);
+    int32_t pos0 = s->pos;
+    int64_t H = c->hidden, V = c->vocab;
+    for (int32_t c0 = 0; c0 < n; c0 += MAX_BATCH) {
+        int32_t T = FM_MIN(MAX_BATCH, n - c0);
+        fm_status rc = forward_chunk(m, s, tokens + c0, T, s->pos);
+        if (rc) { s->pos = pos0; return rc; }
+        s->pos += T;
+        if (!logits) continue;
+        /* 13. final norm and LM head: every row, or only the last token's */
+        if (all_logits) {
+            for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, m->final_norm, H, c->rms_eps);
+            fm__matmul(m->pool, &m->lm_head, m->xb, H, T, logits + (size_t)c0 * V, V);
+        } else if (c0 + T == n) {
+            fm__rmsnorm(m->xb, m->x + (T - 1) * H, m->final_norm, H, c->rms_eps);
+            fm__matmul(m->pool, &m->lm_head, m->xb, H, 1, logits, V);
+        }
+    }
+    return FM_OK;
 }
