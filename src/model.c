@@ -698,3 +698,5 @@ fm_status fm__forward(fm_model *m, fm__state *s, const int32_t *tokens, int32_t 
     }
     return FM_OK;
 }
+
+const fm__ec_plan *fm__model_plan(const fm_model *m) { return &m->plan; }

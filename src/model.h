@@ -41,5 +41,7 @@ int32_t fm__model_vocab(const fm_model *m);
 fm__ecache *fm__model_cache(fm_model *m);
 struct fm__tokenizer *fm__model_tokenizer(const fm_model *m);
 const char *fm__model_dir(const fm_model *m);
+/* The memory plan the model was opened with (for `flash-moe info`). */
+const fm__ec_plan *fm__model_plan(const fm_model *m);
 
 #endif
