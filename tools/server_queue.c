@@ -269,13 +269,17 @@ static fm_session *pick_session(server *s, const int32_t *ids, size_t n) {
     return s->sess[best];
 }
 
-/* Streams the --force-completion tokens through the normal output path. */
-static fm_status run_forced(srv_job *j) {
+/* Streams the --force-completion tokens through the normal output path. Each token is
+ * also appended to the session (one decode step per token, as in sampling), so timing,
+ * KV-cache growth and prefix reuse behave as in real generation. */
+static fm_status run_forced(srv_job *j, fm_session *se) {
     server *s = j->srv;
     size_t done = 0, limit = s->n_forced;
     if (j->gp.max_tokens > 0 && (size_t)j->gp.max_tokens < limit) limit = (size_t)j->gp.max_tokens;
     size_t i;
     for (i = 0; i < limit; i++) {
+        fm_status st = fm_session_append_tokens(se, &s->forced_ids[i], 1);
+        if (st != FM_OK) { j->completion_tokens = (int64_t)i; return st; }
         char *t = NULL;
         size_t tl = 0;
         if (fm_detokenize(s->model, s->forced_ids, i + 1, &t, &tl) != FM_OK) return FM_ERR_TOKENIZER;
@@ -288,7 +292,7 @@ static fm_status run_forced(srv_job *j) {
             stop = job_cancelled(j);
         }
         fm_free(t);
-        if (stop) { i++; j->completion_tokens = (int64_t)i; return FM_ERR_CANCELLED; }
+        if (stop) { j->completion_tokens = (int64_t)i + 1; return FM_ERR_CANCELLED; }
     }
     j->completion_tokens = (int64_t)i;
     return FM_OK;
@@ -321,7 +325,7 @@ static void run_job(server *s, srv_job *j) {
     if (j->prefix) srv_pipe_feed(j, j->prefix, strlen(j->prefix));
     int fin = FM_FINISH_NONE;
     if (s->forced_ids) {
-        st = run_forced(j);
+        st = run_forced(j, se);
         fin = st == FM_OK ? (j->completion_tokens < (int64_t)s->n_forced ? FM_FINISH_LENGTH
                                                                        : FM_FINISH_EOS)
                           : FM_FINISH_CANCEL;
