@@ -254,6 +254,13 @@ void fm__stopper_init(fm__stopper *st, const char *const *stop, int32_t n_stop) 
     st->n_stop = stop ? n_stop : 0;
 }
 
+void fm__stopper_reset(fm__stopper *st, const char *const *stop, int32_t n_stop) {
+    st->stop = stop;
+    st->n_stop = stop ? n_stop : 0;
+    st->len = st->off = 0;
+    st->matched = 0;
+}
+
 void fm__stopper_free(fm__stopper *st) {
     if (!st) return;
     free(st->buf);

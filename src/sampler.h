@@ -79,6 +79,8 @@ typedef struct fm__stopper {
 } fm__stopper;
 
 void fm__stopper_init(fm__stopper *st, const char *const *stop, int32_t n_stop);
+/* Starts a new stream with a new stop list, keeping the buffer (no allocation). */
+void fm__stopper_reset(fm__stopper *st, const char *const *stop, int32_t n_stop);
 void fm__stopper_free(fm__stopper *st);
 
 /* Feeds piece[0..len). *out and *out_len receive the text that can be released now (a view

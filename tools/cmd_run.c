@@ -1,9 +1,178 @@
-/* cmd_run.c: flash-moe run (not yet built; see the open issues). */
+/* cmd_run.c: flash-moe run: generates from one prompt and streams the answer to stdout.
+ * The chat template is applied by default (one user message, optional system message);
+ * --raw feeds the text as is. --stats prints speed, cache, memory and repetition figures
+ * to stderr. Ctrl-C stops generation and still prints the statistics. */
 #include "cli.h"
+#include "sampler.h"
+
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Opens a model; on a terminal, shows elapsed time while loading (tools/cmd_chat.c). */
+fm_model *gen_open_model_progress(const char *dir, const cli_model_opts *mo);
+/* Prints the statistics of a finished call to stderr (tools/cmd_chat.c). */
+void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t len);
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) { (void)sig; interrupted = 1; }
+
+static int stream_out(const char *piece, size_t len, const fm_stats *st, void *user) {
+    (void)st; (void)user;
+    if (len) {
+        fwrite(piece, 1, len, stdout);
+        fflush(stdout);
+    }
+    return interrupted != 0;
+}
+
+static const char *finish_name(int f) {
+    switch (f) {
+    case FM_FINISH_EOS: return "eos";
+    case FM_FINISH_STOP: return "stop";
+    case FM_FINISH_LENGTH: return "length";
+    case FM_FINISH_CANCEL: return "cancelled";
+    default: return "none";
+    }
+}
+
+static double gib(int64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
+void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t len) {
+    fprintf(stderr, "\n--- stats\n");
+    fprintf(stderr, "tokens: prompt %lld (%lld reused), generated %lld, finish %s\n",
+            (long long)st->prompt_tokens, (long long)st->reused_tokens,
+            (long long)st->generated_tokens, finish_name(finish));
+    fprintf(stderr, "speed: TTFT %.1f ms, prefill %.1f tok/s, decode %.2f tok/s\n", st->ttft_ms,
+            st->prefill_tok_s, st->decode_tok_s);
+    fprintf(stderr, "expert cache: hit rate %.1f%% (%lld hits, %lld misses), read %.3f GiB, "
+            "io wait %.1f ms, skipped %lld\n", st->hit_rate * 100.0, (long long)st->cache_hits,
+            (long long)st->cache_misses, gib(st->bytes_read), st->io_wait_ms,
+            (long long)st->experts_skipped);
+    fprintf(stderr, "memory: RSS %.3f GiB, expert cache %.3f GiB, KV %.3f GiB\n",
+            gib(st->rss_bytes), gib(st->cache_bytes), gib(st->kv_bytes));
+    if (text) {
+        fm__rep r;
+        fm__rep_metrics(text, len, &r);
+        fprintf(stderr, "repetition @ %lld tokens: top trigram share %.3f (last 200 chars), "
+                "distinct word 4-grams %.3f\n", (long long)st->generated_tokens,
+                r.trigram_share, r.distinct4);
+    }
+}
 
 int cmd_run(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "flash-moe: 'run' is not available in this build yet\n");
-    return 2;
+    const char *prompt = NULL, *system = NULL;
+    int32_t max_tokens = 256, top_k = 0, seed = 0;
+    float temp = 0.7f, top_p = 0.95f, min_p = 0.0f, rep = 1.0f, pres = 0.0f, freq = 0.0f;
+    int chat = 0, raw = 0, ignore_eos = 0;
+    cli_list stops = {0};
+    cli_model_opts mo;
+    cli_model_opts_default(&mo);
+    cli_opt opts[] = {
+        {"--prompt", "-p", CLI_STR, &prompt, "prompt text (required)"},
+        {"--max-tokens", "-n", CLI_INT, &max_tokens, "tokens to generate (0 = until EOS or the context is full)"},
+        {"--temp", NULL, CLI_FLOAT, &temp, "sampling temperature (0 = greedy)"},
+        {"--top-p", NULL, CLI_FLOAT, &top_p, "nucleus sampling mass (1 = off)"},
+        {"--top-k", NULL, CLI_INT, &top_k, "keep the k most probable tokens (0 = off)"},
+        {"--min-p", NULL, CLI_FLOAT, &min_p, "drop tokens below min-p x the top probability (0 = off)"},
+        {"--repeat-penalty", NULL, CLI_FLOAT, &rep, "llama.cpp repeat penalty over the last 64 tokens (1 = off)"},
+        {"--presence-penalty", NULL, CLI_FLOAT, &pres, "OpenAI presence penalty (0 = off)"},
+        {"--frequency-penalty", NULL, CLI_FLOAT, &freq, "OpenAI frequency penalty (0 = off)"},
+        {"--seed", NULL, CLI_INT, &seed, "sampling seed (0 = fixed default seed)"},
+        {"--chat", NULL, CLI_FLAG, &chat, "apply the model's chat template (the default)"},
+        {"--raw", NULL, CLI_FLAG, &raw, "feed the prompt as is, without the chat template"},
+        {"--system", NULL, CLI_STR, &system, "system message (chat mode)"},
+        {"--stop", NULL, CLI_LIST, &stops, "stop string; output ends before it"},
+        {"--ignore-eos", NULL, CLI_FLAG, &ignore_eos, "do not stop at the model's EOS tokens"},
+        CLI_MODEL_OPTS(&mo),
+    };
+    const char *usage = "flash-moe run [MODEL] -p PROMPT [options]";
+    const char *pos[1];
+    int n_pos = 0;
+    int rc = cli_parse(argc, argv, 2, opts, (int)(sizeof opts / sizeof opts[0]), usage, pos, 1, &n_pos);
+    if (rc == 1) return 0;
+    if (rc) return 2;
+    if (!prompt) {
+        fprintf(stderr, "flash-moe: run needs -p PROMPT (see flash-moe run --help)\n");
+        free(stops.items);
+        return 2;
+    }
+    if (chat && raw) {
+        fprintf(stderr, "flash-moe: --chat and --raw exclude each other\n");
+        free(stops.items);
+        return 2;
+    }
+    if (max_tokens < 0) {
+        fprintf(stderr, "flash-moe: --max-tokens must be >= 0\n");
+        free(stops.items);
+        return 2;
+    }
+    const char *dir = cli_model_or_demo(n_pos ? pos[0] : NULL);
+    if (!dir) {
+        free(stops.items);
+        return 1;
+    }
+    fm_model *m = gen_open_model_progress(dir, &mo);
+    if (!m) {
+        free(stops.items);
+        return 1;
+    }
+    fm_session *s = NULL;
+    if (fm_session_new(m, &s) != FM_OK) {
+        fm_model_free(m);
+        free(stops.items);
+        return cli_fail("cannot create a session");
+    }
+    fm_gen_params gp;
+    fm_gen_params_default(&gp);
+    gp.max_tokens = max_tokens;
+    gp.temperature = temp;
+    gp.top_p = top_p;
+    gp.top_k = top_k;
+    gp.min_p = min_p;
+    gp.repeat_penalty = rep;
+    gp.presence_penalty = pres;
+    gp.frequency_penalty = freq;
+    gp.seed = (uint64_t)(uint32_t)seed;
+    gp.stop = stops.items;
+    gp.n_stop = stops.n;
+    gp.ignore_eos = ignore_eos;
+
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, &old);
+    char *text = NULL;
+    fm_status st;
+    if (raw) {
+        st = fm_generate(s, prompt, &gp, stream_out, NULL, &text);
+    } else {
+        fm_chat_msg msgs[2];
+        size_t n = 0;
+        memset(msgs, 0, sizeof msgs);
+        if (system) {
+            msgs[n].role = "system";
+            msgs[n++].content = system;
+        }
+        msgs[n].role = "user";
+        msgs[n++].content = prompt;
+        st = fm_session_chat(s, msgs, n, NULL, NULL, &gp, stream_out, NULL, &text);
+    }
+    sigaction(SIGINT, &old, NULL);
+    printf("\n");
+    fflush(stdout);
+    int ret = 0;
+    if (st != FM_OK && st != FM_ERR_CANCELLED) ret = cli_fail("generation failed");
+    if (mo.stats) {
+        fm_stats fs;
+        fm_session_stats(s, &fs);
+        /* the text is only returned on success; on cancel, measure nothing */
+        gen_print_stats(&fs, fm_session_finish_reason(s), text, text ? strlen(text) : 0);
+    }
+    fm_free(text);
+    fm_session_free(s);
+    fm_model_free(m);
+    free(stops.items);
+    return ret;
 }
