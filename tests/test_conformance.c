@@ -3,13 +3,18 @@
  * prefill and token-by-token decode within ||ours-ref||/||ref|| <= 1e-4 with the same
  * argmax at every position; and runs at cache capacity top_k and n_experts/2 must give
  * logits bitwise equal to the full-capacity run. */
+#include "arch.h"
+#include "config.h"
 #include "model.h"
+#include "safetensors.h"
 #include "tap.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <math.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
     int32_t *tokens, n, vocab;
@@ -99,6 +104,170 @@ static bool same_argmax(const float *a, const float *ref, int32_t n, int32_t V) 
     return true;
 }
 
+/* ---- expert layout variants ------------------------------------------------------
+ * The same weights rewritten in another expert layout must give bitwise the same logits:
+ * 1 = transformers 5 fused (mlp.experts.gate_up_proj [E,2I,H], mlp.experts.down_proj
+ * [E,H,I], router under mlp), 2 = stacked input_linear [E,2I,H] / output_linear [E,H,I]. */
+
+typedef struct { char name[256]; const char *dtype; int nd; int64_t shape[3]; const uint8_t *data; uint8_t *own; size_t n; } wt;
+
+static const char *dt_name(fm__dtype d) { return d == FM_DT_F32 ? "F32" : d == FM_DT_BF16 ? "BF16" : "F16"; }
+
+static bool write_st(const char *path, wt *w, int nw) {
+    cJSON *h = cJSON_CreateObject();
+    size_t off = 0;
+    for (int i = 0; i < nw; i++) {
+        cJSON *o = cJSON_AddObjectToObject(h, w[i].name);
+        cJSON_AddStringToObject(o, "dtype", w[i].dtype);
+        cJSON *sh = cJSON_AddArrayToObject(o, "shape");
+        for (int d = 0; d < w[i].nd; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)w[i].shape[d]));
+        cJSON *of = cJSON_AddArrayToObject(o, "data_offsets");
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + w[i].n)));
+        off += w[i].n;
+    }
+    char *text = cJSON_PrintUnformatted(h);
+    cJSON_Delete(h);
+    size_t hl = strlen(text), pad = (8 - hl % 8) % 8;
+    FILE *f = fopen(path, "wb");
+    bool ok = f && text;
+    uint64_t L = hl + pad;
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++) le[i] = (unsigned char)(L >> (8 * i));
+    if (ok) {
+        fwrite(le, 1, 8, f);
+        fwrite(text, 1, hl, f);
+        for (size_t i = 0; i < pad; i++) fputc(' ', f);
+        for (int i = 0; i < nw; i++) fwrite(w[i].data, 1, w[i].n, f);
+    }
+    if (f) fclose(f);
+    free(text);
+    return ok;
+}
+
+static bool copy_file(const char *from, const char *to) {
+    char *text = NULL;
+    size_t len = 0;
+    if (fm__read_file(from, &text, &len) != FM_OK) return false;
+    FILE *f = fopen(to, "wb");
+    bool ok = f && fwrite(text, 1, len, f) == len;
+    if (f) fclose(f);
+    free(text);
+    return ok;
+}
+
+static bool write_variant(const char *src, const char *dst, int layout) {
+    fm__config *c = NULL;
+    fm__st_set *s = NULL;
+    if (fm__config_load(src, &c) != FM_OK || fm__st_open_dir(src, &s) != FM_OK) {
+        fm__config_free(c);
+        return false;
+    }
+    const fm__arch *a = c->arch;
+    wt *w = calloc((size_t)s->n_tensors + 2u * (size_t)c->n_layers, sizeof *w);
+    int nw = 0;
+    bool ok = w != NULL;
+    for (int32_t i = 0; ok && i < s->n_tensors; i++) {
+        const fm__st_tensor *t = &s->tensors[i];
+        if (strstr(t->name, ".experts.")) continue;
+        wt *o = &w[nw++];
+        snprintf(o->name, sizeof o->name, "%s", t->name);
+        char pre[64];
+        snprintf(pre, sizeof pre, ".%s.", a->moe_prefix);
+        char *at = strstr(o->name, pre);
+        if (layout == 1 && at && strcmp(a->moe_prefix, "mlp") != 0) { /* block_sparse_moe -> mlp */
+            char rest[256];
+            snprintf(rest, sizeof rest, "%s", at + strlen(pre));
+            snprintf(at, sizeof o->name - (size_t)(at - o->name), ".mlp.%s", rest);
+        }
+        o->dtype = dt_name(t->dtype);
+        o->nd = t->ndim;
+        for (int d = 0; d < t->ndim; d++) o->shape[d] = t->shape[d];
+        o->data = t->data;
+        o->n = t->nbytes;
+    }
+    int64_t E = c->n_experts, I = c->moe_inter, H = c->hidden;
+    for (int32_t l = 0; ok && l < c->n_layers; l++) {
+        if (!fm__config_layer_is_moe(c, l)) continue;
+        const fm__st_tensor *g0 = fm__st_findf(s, "model.layers.%d.%s.experts.0.%s.weight", l, a->moe_prefix, a->expert_names[0]);
+        if (!g0) { ok = false; break; }
+        size_t es = (size_t)fm__dtype_size(g0->dtype), mat = (size_t)(I * H) * es;
+        wt *gu = &w[nw++], *dn = &w[nw++];
+        gu->own = malloc(2 * mat * (size_t)E);
+        dn->own = malloc(mat * (size_t)E);
+        if (!gu->own || !dn->own) { ok = false; break; }
+        for (int64_t e = 0; e < E && ok; e++) {
+            const fm__st_tensor *t[3];
+            for (int j = 0; j < 3; j++) {
+                t[j] = fm__st_findf(s, "model.layers.%d.%s.experts.%d.%s.weight", l, a->moe_prefix, (int)e, a->expert_names[j]);
+                ok = ok && t[j] && t[j]->nbytes == mat;
+            }
+            if (!ok) break;
+            memcpy(gu->own + (size_t)e * 2 * mat, t[0]->data, mat);
+            memcpy(gu->own + (size_t)e * 2 * mat + mat, t[1]->data, mat);
+            memcpy(dn->own + (size_t)e * mat, t[2]->data, mat);
+        }
+        if (layout == 1) {
+            snprintf(gu->name, sizeof gu->name, "model.layers.%d.mlp.experts.gate_up_proj", l);
+            snprintf(dn->name, sizeof dn->name, "model.layers.%d.mlp.experts.down_proj", l);
+        } else {
+            snprintf(gu->name, sizeof gu->name, "model.layers.%d.%s.input_linear.weight", l, a->moe_prefix);
+            snprintf(dn->name, sizeof dn->name, "model.layers.%d.%s.output_linear.weight", l, a->moe_prefix);
+        }
+        gu->dtype = dn->dtype = dt_name(g0->dtype);
+        gu->nd = dn->nd = 3;
+        gu->shape[0] = dn->shape[0] = E;
+        gu->shape[1] = 2 * I; gu->shape[2] = H;
+        dn->shape[1] = H; dn->shape[2] = I;
+        gu->data = gu->own; gu->n = 2 * mat * (size_t)E;
+        dn->data = dn->own; dn->n = mat * (size_t)E;
+    }
+    mkdir(dst, 0755);
+    char *sp = fm__path_join(dst, "model.safetensors"), *cf = fm__path_join(dst, "config.json");
+    ok = ok && write_st(sp, w, nw) && copy_file(c->path, cf);
+    free(sp);
+    free(cf);
+    for (int i = 0; w && i < nw; i++) free(w[i].own);
+    free(w);
+    fm__st_free(s);
+    fm__config_free(c);
+    return ok;
+}
+
+static void test_layouts(const char *fdir) {
+    static const char *const srcs[] = {"qwen3_moe_f32", "qwen2_moe_bf16", "mixtral_f32", "olmoe_f32"};
+    char tmp[128];
+    snprintf(tmp, sizeof tmp, "/tmp/fm_test_layout_%d", (int)getpid());
+    mkdir(tmp, 0755);
+    for (size_t i = 0; i < FM_ARRAY_LEN(srcs); i++) {
+        char *dir = fm__path_join(fdir, srcs[i]);
+        fixture fx;
+        if (!load_fixture(dir, &fx)) { CHECK(0, "%s: fixture readable", srcs[i]); free(dir); continue; }
+        size_t nl = (size_t)fx.n * fx.vocab;
+        float *base = run(dir, &fx, 0x7fffffff, 0, FM_MISS_EXACT, NULL);
+        for (int layout = 1; layout <= 2; layout++) {
+            char vd[256];
+            snprintf(vd, sizeof vd, "%s/%s_%d", tmp, srcs[i], layout);
+            bool wrote = write_variant(dir, vd, layout);
+            float *v = wrote ? run(vd, &fx, fx.n > 0 ? 0x7fffffff : 0, 0, FM_MISS_EXACT, NULL) : NULL;
+            float *vdec = wrote ? run(vd, &fx, 2, 1, FM_MISS_EXACT, NULL) : NULL;
+            double e = v ? rel_err(v, fx.ref, nl) : INFINITY;
+            CHECK(base && v && vdec && memcmp(v, base, nl * 4) == 0 && memcmp(vdec, base, nl * 4) == 0 && e <= 1e-4,
+                  "%s rewritten as %s: logits bitwise equal to the per-expert layout (rel err %.3g)", srcs[i],
+                  layout == 1 ? "transformers 5 fused experts.gate_up_proj" : "stacked input_linear/output_linear", e);
+            free(v);
+            free(vdec);
+        }
+        free(base);
+        free(fx.tokens);
+        free(fx.ref);
+        free(dir);
+    }
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0) printf("# could not remove %s\\n", tmp);
+}
+
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -159,6 +328,7 @@ int main(void) {
         free(dir);
         free(names[i]);
     }
+    test_layouts(fdir);
     free(fdir);
     return TAP_DONE();
 }
