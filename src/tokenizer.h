@@ -42,4 +42,11 @@ fm_status fm__tok_stream_push(fm__tok_stream *s, int32_t id, const char **piece,
 fm_status fm__tok_stream_flush(fm__tok_stream *s, const char **piece, size_t *len);
 void fm__tok_stream_free(fm__tok_stream *s);
 
+/* Text of a token id as stored in the vocabulary (added tokens included), or NULL. */
+const char *fm__tok_id_to_piece(const fm__tokenizer *t, int32_t id);
+/* 1 if id is an added token marked special (e.g. <|im_end|>), else 0. */
+int fm__tok_is_special(const fm__tokenizer *t, int32_t id);
+/* Id of bos_token (tokenizer_config.json, else config.json bos_token_id), or -1. */
+int32_t fm__tok_bos_id(const fm__tokenizer *t);
+
 #endif
