@@ -8,6 +8,7 @@
 #include "common.h"
 #include "model.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,8 +153,87 @@ int cmd_bench(int argc, char **argv) {
     return 0;
 }
 
+/* Bytes of the embedding table from config.json (only one row of it is read per token). */
+static double embed_bytes(const char *dir, const fm_model_info *info, int *tied) {
+    char *path = fm__path_join(dir, "config.json"), *txt = NULL;
+    size_t len;
+    double bytes = (double)info->vocab * info->hidden * 2; /* BF16/F16 */
+    *tied = 0;
+    if (path && fm__read_file(path, &txt, &len) == FM_OK) {
+        cJSON *root = cJSON_Parse(txt);
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization");
+        const cJSON *b = q ? cJSON_GetObjectItemCaseSensitive(q, "bits") : NULL;
+        const cJSON *g = q ? cJSON_GetObjectItemCaseSensitive(q, "group_size") : NULL;
+        if (cJSON_IsNumber(b) && cJSON_IsNumber(g) && g->valueint > 0)
+            bytes = (double)info->vocab * info->hidden * b->valueint / 8.0 +
+                    2.0 * info->vocab * (info->hidden / g->valueint) * 2;
+        *tied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings"));
+        cJSON_Delete(root);
+    }
+    free(txt);
+    free(path);
+    return bytes;
+}
+
 static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, double bw_all) {
-    (void)dir; (void)mo; (void)n_decode; (void)bw_all;
-    fprintf(stderr, "flash-moe: bench --model is not available yet\n");
-    return 1;
+    fm_model_params mp;
+    if (!cli_model_params(mo, &mp)) return 2;
+    fm_model *m = NULL;
+    fm__state *s = NULL;
+    float *logits = NULL;
+    int rc = 1;
+    double t0 = fm__now();
+    if (fm__model_load(dir, &mp, &m) != FM_OK) return cli_fail("cannot load the model");
+    fm_model_info info;
+    fm_model_get_info(m, &info);
+    printf("model %s: %s, %d layers (%d MoE), hidden %d, %d experts top-%d, capacity %d; loaded in %.1f s\n", dir,
+           info.arch, info.n_layers, info.n_moe_layers, info.hidden, info.n_experts, info.top_k, info.capacity,
+           fm__now() - t0);
+    const int warm = 256;
+    if (fm__state_new(m, warm + n_decode + 8, &s) != FM_OK) { cli_fail("cannot make the state"); goto out; }
+    logits = malloc((size_t)info.vocab * sizeof *logits);
+    int32_t *toks = malloc(warm * sizeof *toks);
+    if (!logits || !toks) { free(toks); fprintf(stderr, "flash-moe: out of memory\n"); goto out; }
+    for (int i = 0; i < warm; i++) toks[i] = (int32_t)((i * 7919u + 17) % (uint32_t)info.vocab);
+    /* Warm-up: a prefill of `warm` tokens loads most experts into the cache. */
+    t0 = fm__now();
+    fm_status st = fm__forward(m, s, toks, warm, logits, 0);
+    double tp = fm__now() - t0;
+    free(toks);
+    if (st != FM_OK) { cli_fail("forward failed"); goto out; }
+    printf("prefill %d tokens (cold, includes expert loading): %.2f s, %.1f tok/s\n", warm, tp, warm / tp);
+    fm__ecache *c = fm__model_cache(m);
+    fm__ec_stats s0 = {0}, s1 = {0};
+    if (c) fm__ec_get_stats(c, &s0);
+    double best = 1e30, total = 0;
+    for (int i = 0; i < n_decode; i++) {
+        int32_t next = 0;
+        for (int32_t v = 1; v < info.vocab; v++) if (logits[v] > logits[next]) next = v;
+        double t1 = fm__now();
+        if ((st = fm__forward(m, s, &next, 1, logits, 0)) != FM_OK) { cli_fail("forward failed"); goto out; }
+        double dt = fm__now() - t1;
+        total += dt;
+        if (dt < best) best = dt;
+    }
+    if (c) fm__ec_get_stats(c, &s1);
+    int tied = 0;
+    double eb = embed_bytes(dir, &info, &tied);
+    double active = (double)info.resident_bytes - (tied ? 0 : eb) + eb / info.vocab +
+                    (double)info.n_moe_layers * info.top_k * (double)info.expert_bytes;
+    double bound = bw_all * 1e9 / active;
+    printf("active weight bytes per token: %.1f MB (resident %.1f MB - embedding table %.1f MB + one row, "
+           "+ %d MoE layers x top-%d x %.2f MB per expert)\n",
+           active / 1e6, info.resident_bytes / 1e6, tied ? 0.0 : eb / 1e6, info.n_moe_layers, info.top_k,
+           info.expert_bytes / 1e6);
+    printf("decode %d tokens: %.2f tok/s mean (best token %.2f tok/s); bound %.2f tok/s at %.1f GB/s: %.0f%% (best %.0f%%)\n",
+           n_decode, n_decode / total, 1 / best, bound, bw_all, 100 * (n_decode / total) / bound, 100 * (1 / best) / bound);
+    if (c)
+        printf("expert cache during decode: %lld hits, %lld misses, %.1f MB read\n", (long long)(s1.hits - s0.hits),
+               (long long)(s1.misses - s0.misses), (s1.bytes_read - s0.bytes_read) / 1e6);
+    rc = 0;
+out:
+    free(logits);
+    fm__state_free(s);
+    fm_model_free(m);
+    return rc;
 }
