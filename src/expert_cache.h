@@ -37,6 +37,8 @@ typedef struct fm__expert_map {
     fm__expert_src *src;       /* [n_moe_layers * n_experts], layer-major */
     uint64_t expert_bytes;     /* bytes of one expert: all its ranges summed */
     char *content_key;         /* identifies the checkpoint (sizes, mtimes, config hash) */
+    int32_t *layer_index;      /* [n_moe_layers]: model layer index of each MoE layer, for
+                                  profiles (which use model layer numbers); NULL = identity */
 } fm__expert_map;
 
 /* The three matrices of a resident expert: views into a cache slot. */
@@ -96,5 +98,84 @@ typedef struct fm__ec_plan {
 fm_status fm__ec_make_plan(const fm__expert_map *map, uint64_t resident_bytes,
                            uint64_t kv_bytes, int64_t mem_limit, int32_t capacity_req,
                            fm__ec_plan *out);
+
+/* ---- additions (the declarations above are the stable core contract) ----------------- */
+
+/* Starts reading the misses among ids[0..n) of `layer` and returns without waiting, so the
+ * caller can compute what does not depend on them (shared expert, next attention). The
+ * following fm__ec_fetch on that layer with the same ids waits for them and fills w; it
+ * counts nothing twice. Same argument rules and errors as fm__ec_fetch (read errors are
+ * reported by the fetch that waits). Calling fm__ec_fetch with other ids is allowed: the
+ * begun reads still land in the cache. */
+fm_status fm__ec_fetch_begin(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n);
+
+/* Speculative: queues reads of ids[0..n) of `layer` (non-resident ones, at most what the
+ * layer can hold without evicting experts requested by an unfinished fetch) at low
+ * priority; counts them as prefetched, not as misses. Does nothing unless prefetching is
+ * enabled (FM_PREFETCH=1 in the environment, or fm__ec_set_prefetch). */
+void fm__ec_prefetch(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n);
+void fm__ec_set_prefetch(fm__ecache *c, int enable);
+int fm__ec_prefetch_enabled(const fm__ecache *c);
+
+/* The most distinct ids one fetch of `layer` can take: capacity minus the pinned experts
+ * of that layer not among the ids. Prefill should fetch the union of a batch's experts in
+ * chunks of at most fm__ec_fetch_limit(c) (capacity minus the largest pin count). A fetch
+ * of up to capacity ids still succeeds: if it must, it evicts a pinned expert. */
+int32_t fm__ec_fetch_limit(const fm__ecache *c);
+
+/* Routing trace: fn is called (on the calling thread) with every fetch / note_routed /
+ * fetch_begin's ids, once per request. NULL disables. For `flash-moe profile`. */
+typedef void (*fm__ec_trace_fn)(void *user, int32_t layer, const int32_t *ids, int32_t n);
+void fm__ec_set_trace(fm__ecache *c, fm__ec_trace_fn fn, void *user);
+
+/* Extended statistics (a superset of fm__ec_stats). */
+typedef struct fm__ec_stats2 {
+    int64_t hits, misses, skipped, bytes_read, reads, prefetched, prefetch_used;
+    double io_wait_s;   /* time fetch waited for reads */
+    double read_s;      /* wall time with at least one read in flight */
+    double read_gbps;   /* bytes_read / read_s / 1e9 */
+    int64_t store_reads;/* reads served by the packed store */
+    int32_t capacity, n_layers, io_threads, direct; /* direct: 1 if O_DIRECT reads are used */
+} fm__ec_stats2;
+void fm__ec_get_stats2(const fm__ecache *c, fm__ec_stats2 *out);
+/* Zeroes the counters (per layer too); resident experts stay. */
+void fm__ec_reset_stats(fm__ecache *c);
+/* Writes a human-readable statistics block (per layer hit rates included) to the log. */
+void fm__ec_log_stats(const fm__ecache *c, int level);
+
+/* Bytes of one cache slot (an expert laid out gate|up|down with data/scales/biases, each
+ * 64-byte aligned, rounded up to 4 KiB). FM_ERR_FORMAT if experts differ in layout. */
+fm_status fm__ec_slot_bytes(const fm__expert_map *map, uint64_t *out);
+
+/* Available memory: min(MemAvailable, cgroup v2 memory.max - memory.current, cgroup v1
+ * memory.limit_in_bytes - memory.usage_in_bytes). root: "" for the real system, else a
+ * directory holding proc/meminfo, proc/self/cgroup, sys/fs/cgroup/... (tests). Returns
+ * false if nothing could be read. src (may be NULL) receives which figure won. */
+bool fm__mem_available(const char *root, uint64_t *avail, char *src, size_t src_len);
+/* The automatic plan's safety margin for a given available memory: 256 MiB + 5%. */
+uint64_t fm__ec_safety_margin(uint64_t avail);
+/* Writes the plan as one log line: resident, KV, cache bytes, capacity, coverage. */
+void fm__ec_log_plan(const fm__ec_plan *p, const fm__expert_map *map, int level);
+
+/* Packed store. Path of the store for map under dir (caller frees). */
+char *fm__store_path(const fm__expert_map *map, const char *dir);
+/* Writes (or rewrites) the packed store of map under dir. progress (may be NULL) is
+ * called with done/total experts. Writes to a temporary file and renames it into place,
+ * so a crash never leaves a store that looks valid. */
+typedef void (*fm__progress_fn)(void *user, int64_t done, int64_t total);
+fm_status fm__store_pack(const fm__expert_map *map, const char *dir, fm__progress_fn progress,
+                         void *user);
+/* Checks the store for map under dir: FM_OK if valid (complete, same model and version,
+ * checksums of header and tables right); else an error whose message says why. With
+ * verify_blobs, also verifies every blob's checksum (reads the whole store). */
+fm_status fm__store_check(const fm__expert_map *map, const char *dir, int verify_blobs);
+
+/* Profiles. Parses a profile JSON (the original flash-moe's: {"layers": {"<layer>":
+ * {"universal": [ids], "activation_counts": {"<id>": n}}}}, or "layers" as an array,
+ * activation_counts as an array) into pins[n_moe_layers * n_experts] (1 = pinned),
+ * ordered by count where counts exist. max_per_layer caps the pins of a layer (extra ones
+ * are dropped with a warning). FM_ERR_FORMAT naming the field on malformed input. */
+fm_status fm__profile_load(const char *path, const fm__expert_map *map, int32_t max_per_layer,
+                           uint8_t *pins, int32_t *n_pinned);
 
 #endif
