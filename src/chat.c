@@ -71,8 +71,9 @@ static fm_status build_ctx(const fm__tokenizer *tok, const fm_chat_msg *msgs, si
         if (!o) goto nomem;
         cJSON_AddItemToArray(arr, o);
         cJSON_AddStringToObject(o, "role", m->role);
-        if (m->content) cJSON_AddStringToObject(o, "content", m->content);
-        else cJSON_AddNullToObject(o, "content");
+        /* NULL content (an assistant turn with only tool calls) renders as "": templates
+         * such as Qwen3's apply string tests and operators to content */
+        cJSON_AddStringToObject(o, "content", m->content ? m->content : "");
         if (m->reasoning_content)
             cJSON_AddStringToObject(o, "reasoning_content", m->reasoning_content);
         if (m->tool_calls_json) {

