@@ -95,6 +95,7 @@ struct srv_job {
     int n_stops;
     char *prefix;               /* assistant text forced before sampling (tool_choice), or NULL */
     int parse_tools;
+    int count_only;             /* count_tokens: no context check */
     /* state, under srv->mu */
     int state, cancel;
     srv_buf out;                /* streaming: bytes for the client */

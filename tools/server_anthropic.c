@@ -319,6 +319,7 @@ char *srv_anthropic_count(server *s, cJSON *req, int *status, char *msg, size_t 
     /* count_tokens takes the same body minus the generation fields */
     cJSON *mt = cJSON_IsObject(req) ? cJSON_DetachItemFromObjectCaseSensitive(req, "max_tokens") : NULL;
     cJSON_Delete(mt);
+    j->count_only = 1;
     char *out = NULL;
     if (an_parse(s, j, req, 1, status, msg, msg_len) == 0) {
         srv_buf b = {0};

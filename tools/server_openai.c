@@ -63,7 +63,7 @@ static int finish_prompt(srv_job *j, int32_t *ids, size_t n, char *msg, size_t m
     j->n_ids = n;
     int64_t ctx = s->info.n_ctx > 0 ? s->info.n_ctx : 4096;
     if (n == 0) { snprintf(msg, msg_len, "the prompt is empty"); return 400; }
-    if ((int64_t)n >= ctx) {
+    if ((int64_t)n >= ctx && !j->count_only) {
         snprintf(msg, msg_len, "the prompt is %zu tokens, but the context length is %lld tokens; "
                  "shorten the conversation", n, (long long)ctx);
         return 400;
