@@ -401,11 +401,16 @@ static void request(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n,
     if ((flags & R_STATS) && c->trace) c->trace(c->trace_user, layer, ids, n);
 }
 
+/* In approximate mode fm__ec_note_routed already counted the token's routing. */
+static int fetch_flags(const fm__ecache *c) {
+    return c->miss_policy == FM_MISS_SKIP ? R_URGENT : R_STATS | R_FREQ | R_URGENT;
+}
+
 fm_status fm__ec_fetch_begin(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n) {
     fm_status st = check_ids(c, layer, ids, n, "expert cache fetch");
     if (st != FM_OK) return st;
     ec_layer *L = &c->L[layer];
-    request(c, layer, ids, n, R_STATS | R_FREQ | R_URGENT);
+    request(c, layer, ids, n, fetch_flags(c));
     memcpy(L->pend_ids, ids, sizeof(int32_t) * (size_t)n);
     L->pend_n = n;
     return FM_OK;
@@ -420,7 +425,7 @@ fm_status fm__ec_fetch(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t
     int cont = L->pend_n == n;
     for (int32_t i = 0; cont && i < L->pend_n; i++) cont = L->mark2[L->pend_ids[i]] == L->stamp2;
     L->pend_n = 0;
-    if (!cont) request(c, layer, ids, n, R_STATS | R_FREQ | R_URGENT);
+    if (!cont) request(c, layer, ids, n, fetch_flags(c));
 
     double t0 = 0;
     int waited = 0;
@@ -523,6 +528,8 @@ void fm__ec_set_trace(fm__ecache *c, fm__ec_trace_fn fn, void *user) {
 }
 
 int32_t fm__ec_capacity(const fm__ecache *c) { return c ? c->cap : 0; }
+
+const fm__expert_map *fm__ec_map(const fm__ecache *c) { return c ? c->map : NULL; }
 
 int32_t fm__ec_fetch_limit(const fm__ecache *c) {
     if (!c) return 0;

@@ -123,6 +123,12 @@ int fm__ec_prefetch_enabled(const fm__ecache *c);
  * of up to capacity ids still succeeds: if it must, it evicts a pinned expert. */
 int32_t fm__ec_fetch_limit(const fm__ecache *c);
 
+/* In FM_MISS_SKIP mode fm__ec_fetch / fm__ec_fetch_begin count no hits or misses and no
+ * frequency: fm__ec_note_routed (called once per token) does. */
+
+/* The map the cache was opened over. */
+const fm__expert_map *fm__ec_map(const fm__ecache *c);
+
 /* Routing trace: fn is called (on the calling thread) with every fetch / note_routed /
  * fetch_begin's ids, once per request. NULL disables. For `flash-moe profile`. */
 typedef void (*fm__ec_trace_fn)(void *user, int32_t layer, const int32_t *ids, int32_t n);
