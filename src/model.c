@@ -281,7 +281,10 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
     for (int32_t l = 0; l < c->n_layers; l++) m->n_moe += fm__config_layer_is_moe(c, l);
     m->layers = fm__calloc((size_t)c->n_layers, sizeof *m->layers);
     m->emap.src = fm__calloc((size_t)FM_MAX(m->n_moe, 1) * (size_t)c->n_experts, sizeof *m->emap.src);
-    if (!m->layers || !m->emap.src) return fm__err(FM_ERR_NOMEM, "out of memory");
+    m->emap.layer_index = fm__calloc((size_t)FM_MAX(m->n_moe, 1), sizeof *m->emap.layer_index);
+    if (!m->layers || !m->emap.src || !m->emap.layer_index) return fm__err(FM_ERR_NOMEM, "out of memory");
+    for (int32_t l = 0, j = 0; l < c->n_layers; l++)
+        if (fm__config_layer_is_moe(c, l)) m->emap.layer_index[j++] = l;
     int32_t moe_idx = 0;
     for (int32_t l = 0; l < c->n_layers; l++)
         if ((rc = load_layer(m, l, &moe_idx))) return rc;
@@ -373,6 +376,7 @@ void fm_model_free(fm_model *m) {
         for (int32_t i = 0; i < m->emap.n_files; i++) free(m->emap.paths[i]);
     free(m->emap.paths);
     free(m->emap.src);
+    free(m->emap.layer_index);
     free(m->emap.content_key);
     free(m->layers);
     fm__loader_free(&m->ld);
@@ -566,8 +570,9 @@ static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, 
         int32_t e = m->topi[i];
         m->elist[m->eoff[e] + m->cnt[e]++] = i;
     }
-    /* 5. fetch the union in chunks of at most the capacity; run each expert once */
-    int32_t cap = fm__ec_capacity(m->cache);
+    /* 5. fetch the union in chunks of at most the fetch limit (capacity less pinned slots);
+     *    run each expert once */
+    int32_t cap = FM_MAX(1, fm__ec_fetch_limit(m->cache));
     for (int32_t j0 = 0; j0 < nu; j0 += cap) {
         int32_t n = FM_MIN(cap, nu - j0);
         if ((rc = fm__ec_fetch(m->cache, w->moe, m->uniq + j0, n, m->ew))) return rc;
