@@ -45,11 +45,15 @@ for key in "tokens: prompt" "TTFT" "decode" "hit rate" "RSS" "expert cache" "rep
     check "--stats prints '$key'" grep -q "$key" "$tmp/c.err"
 done
 check "--stats go to stderr, not stdout" bash -c "! grep -q 'TTFT' '$tmp/c'"
-printf 'Hello there\n/stats\n/reset\nTell me more\n/quit\n' |
-    "$BIN" chat models/demo -n 8 --temp 0 >"$tmp/d" 2>"$tmp/d.err"
+printf 'Hello there\n/stats\nTell me more\n/reset\nAgain\n/quit\n' |
+    "$BIN" chat models/demo -n 8 --temp 0 --stats >"$tmp/d" 2>"$tmp/d.err"
 check "chat reads turns from a pipe and exits 0 on /quit" test $? -eq 0
-check "chat /stats prints statistics" grep -q "tokens: prompt" "$tmp/d.err"
+check "chat /stats prints statistics" grep -q "context: .* tokens held" "$tmp/d.err"
 check "chat /reset clears the conversation" grep -q "conversation cleared" "$tmp/d.err"
-check "chat answered two turns" test "$(grep -c . "$tmp/d")" -ge 1
+# --stats after each turn: "tokens: prompt N (M reused)"; /stats repeats turn 1's line
+reused=$(grep -o 'tokens: prompt [0-9]* ([0-9]* reused)' "$tmp/d.err" | sed 's/.*(\([0-9]*\) reused)/\1/' | tr '\n' ' ')
+set -- $reused
+check "chat turns: none reused, then the conversation prefix reused, none after /reset ($reused)" \
+    test "$#" -eq 4 -a "${1:-x}" = 0 -a "${3:-0}" -gt 0 -a "${4:-x}" = 0
 printf 'one\ntwo\n' | "$BIN" chat models/demo -n 4 --temp 0 >/dev/null 2>&1
 check "chat ends at end of input" test $? -eq 0

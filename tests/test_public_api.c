@@ -11,9 +11,10 @@
 #include <sys/stat.h>
 
 static int n_fail, n_checks;
-#define CHECK(c, ...) do { n_checks++; if (c) printf("ok - "); else { n_fail++; printf("not ok - "); } \
-        printf(__VA_ARGS__); if (!(c)) printf("  [line %d: %s]", __LINE__, fm_last_error()); printf("\n"); \
-        fflush(stdout); } while (0)
+#define CHECK(c, ...) do { int ok_ = (c) ? 1 : 0; n_checks++; n_fail += !ok_;          \
+        printf(ok_ ? "ok - " : "not ok - "); printf(__VA_ARGS__);                      \
+        if (!ok_) printf("  [line %d: %s]", __LINE__, fm_last_error());                 \
+        printf("\n"); fflush(stdout); } while (0)
 
 /* Independent UTF-8 check (RFC 3629 table). */
 static int utf8_ok(const unsigned char *s, size_t n) {
@@ -160,6 +161,25 @@ int main(void) {
     gp.ignore_eos = 0;
     st = fm_session_chat(s, &msg, 1, NULL, NULL, &gp, NULL, NULL, &t5);
     CHECK(st == FM_OK && t5, "chat turn generates");
+    fm_stats c1;
+    fm_session_stats(s, &c1);
+    /* second turn: the conversation so far plus a new user message; the first turn's
+     * prompt is rendered identically, so at least that much is reused */
+    fm_chat_msg conv[3];
+    memset(conv, 0, sizeof conv);
+    conv[0] = msg;
+    conv[1].role = "assistant";
+    conv[1].content = t5 ? t5 : "";
+    conv[2].role = "user";
+    conv[2].content = "And then?";
+    char *t6 = NULL;
+    st = fm_session_chat(s, conv, 3, NULL, NULL, &gp, NULL, NULL, &t6);
+    fm_stats c2;
+    fm_session_stats(s, &c2);
+    CHECK(st == FM_OK && t6 && c2.reused_tokens >= c1.prompt_tokens && c2.prompt_tokens > c1.prompt_tokens,
+          "second chat turn reuses the first turn's prefix (%lld of %lld tokens; turn 1 prompt %lld)",
+          (long long)c2.reused_tokens, (long long)c2.prompt_tokens, (long long)c1.prompt_tokens);
+    fm_free(t6);
     fm_free(t5);
 
     /* over-long prompt */

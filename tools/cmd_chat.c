@@ -32,7 +32,15 @@ static void *spin(void *arg) {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     pthread_mutex_lock(&sp->mu);
+    /* quick loads show nothing: start drawing after 300 ms */
+    struct timespec first;
+    clock_gettime(CLOCK_REALTIME, &first);
+    first.tv_nsec += 300000000L;
+    if (first.tv_nsec >= 1000000000L) { first.tv_sec++; first.tv_nsec -= 1000000000L; }
+    while (!sp->done && pthread_cond_timedwait(&sp->cv, &sp->mu, &first) == 0) {}
+    int drawn = 0;
     for (int i = 0; !sp->done; i++) {
+        drawn = 1;
         struct timespec now, until;
         clock_gettime(CLOCK_MONOTONIC, &now);
         double el = (double)(now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) * 1e-9;
@@ -44,8 +52,10 @@ static void *spin(void *arg) {
         pthread_cond_timedwait(&sp->cv, &sp->mu, &until);
     }
     pthread_mutex_unlock(&sp->mu);
-    fprintf(stderr, "\r\033[K");
-    fflush(stderr);
+    if (drawn) {
+        fprintf(stderr, "\r\033[K");
+        fflush(stderr);
+    }
     return NULL;
 }
 
