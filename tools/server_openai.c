@@ -34,6 +34,14 @@ int srv_sampling(server *s, cJSON *req, int anthropic, fm_gen_params *gp, char *
     if (r) gp->frequency_penalty = (float)v;
     if ((r = srv_num(req, "repetition_penalty", 0.01, 10, 0, &v, msg, msg_len, param)) < 0) return -1;
     if (r) gp->repeat_penalty = (float)v;
+    /* extension (as in vLLM and llama.cpp): keep generating past EOS, for benchmarks */
+    const cJSON *ie = cJSON_GetObjectItemCaseSensitive(req, "ignore_eos");
+    if (ie && !cJSON_IsNull(ie) && !cJSON_IsBool(ie)) {
+        *param = "ignore_eos";
+        snprintf(msg, msg_len, "'ignore_eos' must be a boolean");
+        return -1;
+    }
+    gp->ignore_eos = cJSON_IsTrue(ie);
     return 0;
 }
 
@@ -392,7 +400,7 @@ static const char *const CHAT_KEYS[] = {
     "frequency_penalty", "repetition_penalty", "tools", "tool_choice", "parallel_tool_calls",
     "n", "user", "metadata", "store", "service_tier", "logprobs", "top_logprobs",
     "response_format", "logit_bias", "chat_template_kwargs", "prompt_cache_key",
-    "safety_identifier", "modalities", NULL};
+    "safety_identifier", "modalities", "ignore_eos", NULL};
 
 srv_job *srv_openai_chat(server *s, cJSON *req, int *status, char *msg, size_t msg_len,
                          const char **param) {
@@ -466,7 +474,7 @@ static const char *const COMPLETION_KEYS[] = {
     "model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p",
     "top_k", "min_p", "seed", "stop", "presence_penalty", "frequency_penalty",
     "repetition_penalty", "n", "best_of", "echo", "logprobs", "suffix", "user", "logit_bias",
-    NULL};
+    "ignore_eos", NULL};
 
 srv_job *srv_openai_completion(server *s, cJSON *req, int *status, char *msg, size_t msg_len,
                                const char **param) {
