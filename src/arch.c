@@ -5,13 +5,14 @@
 #include <string.h>
 
 extern const fm__arch fm__arch_qwen3_moe, fm__arch_qwen2_moe, fm__arch_mixtral,
-    fm__arch_olmoe;
+    fm__arch_olmoe, fm__arch_qwen3_next;
 
 static const fm__arch *const k_archs[] = {
     &fm__arch_qwen3_moe,
     &fm__arch_qwen2_moe,
     &fm__arch_mixtral,
     &fm__arch_olmoe,
+    &fm__arch_qwen3_next,
 };
 
 const fm__arch *fm__arch_find(const char *model_type) {
@@ -21,4 +22,4 @@ const fm__arch *fm__arch_find(const char *model_type) {
     return NULL;
 }
 
-const char *fm__arch_names(void) { return "qwen3_moe, qwen2_moe, mixtral, olmoe"; }
+const char *fm__arch_names(void) { return "qwen3_moe, qwen2_moe, mixtral, olmoe, qwen3_next"; }

@@ -7,9 +7,32 @@
 #define FM_ARCH_H
 
 #include "common.h"
+#include "backend/backend.h"
 
 struct fm__config;
+struct fm__loader;
 struct cJSON;
+
+/* A token mixer other than softmax attention (linear attention), used on the layers the
+ * config marks as linear. It owns its weights and defines its per-sequence state: a flat
+ * float array that all zeros means "no tokens yet", so a state can be reset, copied and
+ * snapshotted without knowing its structure. */
+typedef struct fm__mixer {
+    /* floats of per-sequence state of one layer */
+    size_t (*state_floats)(const struct fm__config *c);
+    /* floats of scratch for a batch of up to max_batch tokens */
+    size_t (*scratch_floats)(const struct fm__config *c, int32_t max_batch);
+    /* Binds the weights of the mixer at prefix (e.g. "model.layers.0.linear_attn"); *w is
+     * released with free_weights. */
+    fm_status (*load)(struct fm__loader *L, const struct fm__config *c, const char *prefix,
+                      void **w);
+    void (*free_weights)(void *w);
+    /* xb: [T, hidden] normalized inputs -> out [T, hidden]; advances state by T tokens.
+     * Must give the same result for a batch as for its tokens one at a time (to float
+     * rounding), with no allocation. */
+    void (*forward)(const void *w, const struct fm__config *c, fm__pool *pool, const float *xb,
+                    int32_t T, float *state, float *scratch, float *out);
+} fm__mixer;
 
 typedef enum {
     FM_QKNORM_NONE = 0,
@@ -32,6 +55,11 @@ typedef struct fm__arch {
     const char *moe_prefix;      /* module holding router + experts: "mlp", "block_sparse_moe" */
     const char *router_name;     /* router linear under moe_prefix: "gate" */
     const char *expert_names[3]; /* per-expert gate, up, down: "gate_proj", ... or "w1","w3","w2" */
+    float partial_rotary;        /* default partial_rotary_factor (0 = 1: rotate all dims) */
+    int norm_zero_centred;       /* decoder/q/k/final RMSNorm weights w act as (1 + w), except
+                                    in MLX-converted checkpoints, which store 1 + w */
+    int attn_output_gate;        /* q_proj yields [q | gate] per head; output *= sigmoid(gate) */
+    const fm__mixer *linear;     /* mixer of the layers config->layer_linear marks, or NULL */
     /* Optional: reads architecture-only keys after the common ones (NULL = none). */
     fm_status (*parse_config)(struct fm__config *c, const struct cJSON *root);
 } fm__arch;

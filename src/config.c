@@ -13,6 +13,7 @@ void fm__config_free(fm__config *c) {
     free(c->path);
     free(c->mlp_only_layers);
     free(c->eos_ids);
+    free(c->layer_linear);
     fm__quant_config_free(&c->quant);
     cJSON_Delete(c->json);
     free(c);
@@ -108,8 +109,7 @@ static fm_status parse_rope(fm__config *c) {
     const cJSON *rs = get(c, NULL, "rope_scaling");
     fm_status rc;
     c->rope_theta = c->arch->rope_theta;
-    c->partial_rotary = 1.0f;
-    double pr = 1.0;
+    double pr = c->arch->partial_rotary > 0 ? c->arch->partial_rotary : 1.0;
     if ((rc = fm__cfg_num(c, NULL, "rope_theta", false, &c->rope_theta)) != FM_OK) return rc;
     if ((rc = fm__cfg_num(c, NULL, "partial_rotary_factor", false, &pr)) != FM_OK) return rc;
     const cJSON *typed = NULL;

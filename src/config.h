@@ -33,6 +33,9 @@ typedef struct fm__config {
     int attention_bias;
     char dtype[16];                /* "float32", "bfloat16", ... ("" if absent) */
     int32_t n_eos, *eos_ids;
+    /* linear attention (Gated DeltaNet) dimensions; 0 when the architecture has none */
+    int32_t lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, lin_conv;
+    uint8_t *layer_linear;         /* [n_layers]: 1 = linear-attention layer; NULL = none */
     fm__quant_config quant;
     struct cJSON *json;            /* the whole document, for architecture hooks */
 } fm__config;

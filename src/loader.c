@@ -147,21 +147,18 @@ fm_status fm__load_mat(fm__loader *L, const char *module, int64_t rows, int64_t 
     return FM_OK;
 }
 
-fm_status fm__load_vec(fm__loader *L, const char *name, int64_t n, bool required, float **out) {
+fm_status fm__load_array(fm__loader *L, const char *name, int nd, const int64_t *dims, float **out) {
     *out = NULL;
     const fm__st_tensor *t = fm__st_find(L->st, name);
-    if (!t) {
-        if (!required) return FM_OK;
-        return fm__err(FM_ERR_FORMAT, "%s: missing tensor %s", where(L, NULL), name);
-    }
+    if (!t) return fm__err(FM_ERR_FORMAT, "%s: missing tensor %s", where(L, NULL), name);
     fm_status rc;
     fm__wtype wt;
-    int64_t d[1] = {n};
-    if ((rc = float_type(L, t, &wt)) || (rc = want_shape(L, t, 1, d))) return rc;
-    float *v = fm__malloc_array((size_t)(n ? n : 1), sizeof *v);
+    if ((rc = float_type(L, t, &wt)) || (rc = want_shape(L, t, nd, dims))) return rc;
+    size_t n = (size_t)(t->nbytes / (uint64_t)fm__dtype_size(t->dtype));
+    float *v = fm__malloc_array(n ? n : 1, sizeof *v);
     if (!v) return fm__err(FM_ERR_NOMEM, "%s: tensor %s: out of memory", where(L, t), name);
     const uint8_t *p = t->data;
-    for (int64_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (wt == FM_W_F32) memcpy(&v[i], p + 4 * i, 4);
         else {
             uint16_t h;
@@ -173,6 +170,13 @@ fm_status fm__load_vec(fm__loader *L, const char *name, int64_t n, bool required
     L->resident_bytes += t->nbytes;
     *out = v;
     return FM_OK;
+}
+
+fm_status fm__load_vec(fm__loader *L, const char *name, int64_t n, bool required, float **out) {
+    *out = NULL;
+    if (!required && !fm__st_find(L->st, name)) return FM_OK;
+    int64_t d[1] = {n};
+    return fm__load_array(L, name, 1, d, out);
 }
 
 /* One expert matrix inside tensor wname: rows [r0, r0+rows) of expert e of a stacked

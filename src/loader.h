@@ -32,6 +32,8 @@ fm_status fm__load_mat(fm__loader *L, const char *module, int64_t rows, int64_t 
 /* Reads tensor `name` ([n] values) into a new float array owned by the loader. required =
  * false: *out = NULL when absent. */
 fm_status fm__load_vec(fm__loader *L, const char *name, int64_t n, bool required, float **out);
+/* Reads tensor `name` of shape dims[0..nd) into a new float array owned by the loader. */
+fm_status fm__load_array(fm__loader *L, const char *name, int nd, const int64_t *dims, float **out);
 /* Fills src[0..n_experts) for the MoE module at prefix (e.g. "model.layers.3.mlp"); inter:
  * expert intermediate size. Returns FM_ERR_FORMAT naming the prefix if no layout fits. */
 fm_status fm__load_experts(fm__loader *L, const char *prefix, int32_t n_experts, int64_t inter,

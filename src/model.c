@@ -37,6 +37,9 @@ typedef struct layer_w {
     float *q_norm, *k_norm;  /* [head_dim] (per head) or [heads*head_dim] (whole), or NULL */
     float *ffn_norm;         /* [hidden] */
     int32_t moe;             /* index among MoE layers, -1 = dense MLP */
+    int32_t attn;            /* index among attention layers (KV cache), -1 = linear mixer */
+    int32_t lin;             /* index among linear-mixer layers (state), -1 = attention */
+    void *mix;               /* linear mixer weights (arch->linear), or NULL */
     fm__mat router;          /* [n_experts, hidden] */
     fm__mat mg, mu, md;      /* dense MLP or shared expert: [I, hidden] x2, [hidden, I] */
     int32_t m_inter;         /* I of mg/mu/md, 0 = none */
@@ -52,7 +55,9 @@ struct fm_model {
     float *final_norm;       /* [hidden] */
     fm__mat lm_head;         /* [vocab, hidden] (the embedding when tied) */
     layer_w *layers;         /* [n_layers] */
-    int32_t n_moe;
+    int32_t n_moe, n_attn, n_lin;
+    size_t lin_state;        /* floats of one linear layer's state */
+    int mlx_layout;          /* MLX conversion (switch_mlp experts): norms stored as 1 + w */
     fm__expert_map emap;
     fm__ec_plan plan;
     fm__ecache *cache;
@@ -67,7 +72,9 @@ struct fm_model {
     const int32_t *eos_ids;
     /* scratch, B = MAX_BATCH rows */
     float *x, *xb, *hb;      /* [B, hidden] */
-    float *q, *att;          /* [B, qd] */
+    float *q, *att, *gate;   /* [B, qd] */
+    float *qg;               /* [B, 2*qd] q projection with output gate (attn_output_gate) */
+    float *mix_scratch;      /* linear mixer scratch */
     float *k, *v;            /* [B, kvd] */
     float *mg_out, *mu_out;  /* [B, max intermediate] */
     float *rl;               /* [B, n_experts] router probabilities */
@@ -82,13 +89,24 @@ struct fm_model {
     fm__expert_w *ew;        /* [capacity] */
 };
 
+#define N_SNAP 2
+
 struct fm__state {
     fm_model *m;
     int32_t pos, n_ctx;
-    float *kc, *vc;          /* [n_layers][n_ctx][kvd] */
+    float *kc, *vc;          /* [n_attn][n_ctx][kvd] */
+    float *lin;              /* [n_lin][lin_state] recurrent + convolution state */
+    float *snap[N_SNAP];     /* copies of lin at positions snap_pos (-1 = empty) */
+    int32_t snap_pos[N_SNAP], snap_next;
 };
 
 /* ---- load --------------------------------------------------------------------------- */
+
+/* Zero-centred RMSNorm: the weight acts as (1 + w), except in MLX conversions (stored so). */
+static void norm_offset(const fm_model *m, float *w, int64_t n) {
+    if (!m->cfg->arch->norm_zero_centred || m->mlx_layout) return;
+    for (int64_t i = 0; i < n; i++) w[i] = 1.0f + w[i];
+}
 
 static fm_status load_layer(fm_model *m, int32_t l, int32_t *moe_idx) {
     const fm__config *c = m->cfg;
@@ -101,8 +119,18 @@ static fm_status load_layer(fm_model *m, int32_t l, int32_t *moe_idx) {
     snprintf(p, sizeof p, "model.layers.%d", l);
 #define MOD(...) (snprintf(n, sizeof n, __VA_ARGS__), n)
     if ((rc = fm__load_vec(L, MOD("%s.input_layernorm.weight", p), H, true, &w->attn_norm)) ||
-        (rc = fm__load_vec(L, MOD("%s.post_attention_layernorm.weight", p), H, true, &w->ffn_norm)) ||
-        (rc = fm__load_mat(L, MOD("%s.self_attn.q_proj", p), m->qd, H, true, &w->wq)) ||
+        (rc = fm__load_vec(L, MOD("%s.post_attention_layernorm.weight", p), H, true, &w->ffn_norm)))
+        return rc;
+    norm_offset(m, w->attn_norm, H);
+    norm_offset(m, w->ffn_norm, H);
+    w->attn = w->lin = -1;
+    if (c->layer_linear && c->layer_linear[l]) {
+        w->lin = m->n_lin++;
+        if ((rc = a->linear->load(L, c, MOD("%s.linear_attn", p), &w->mix))) return rc;
+        goto mlp_part;
+    }
+    w->attn = m->n_attn++;
+    if ((rc = fm__load_mat(L, MOD("%s.self_attn.q_proj", p), (a->attn_output_gate ? 2 : 1) * m->qd, H, true, &w->wq)) ||
         (rc = fm__load_mat(L, MOD("%s.self_attn.k_proj", p), m->kvd, H, true, &w->wk)) ||
         (rc = fm__load_mat(L, MOD("%s.self_attn.v_proj", p), m->kvd, H, true, &w->wv)) ||
         (rc = fm__load_mat(L, MOD("%s.self_attn.o_proj", p), H, m->qd, true, &w->wo)))
@@ -119,7 +147,10 @@ static fm_status load_layer(fm_model *m, int32_t l, int32_t *moe_idx) {
         if ((rc = fm__load_vec(L, MOD("%s.self_attn.q_norm.weight", p), qn, true, &w->q_norm)) ||
             (rc = fm__load_vec(L, MOD("%s.self_attn.k_norm.weight", p), kn, true, &w->k_norm)))
             return rc;
+        norm_offset(m, w->q_norm, qn);
+        norm_offset(m, w->k_norm, kn);
     }
+mlp_part:
     w->moe = -1;
     if (fm__config_layer_is_moe(c, l)) {
         /* Mixtral checkpoints written by transformers 5 use "mlp" instead of its prefix. */
@@ -197,6 +228,9 @@ static fm_status alloc_scratch(fm_model *m) {
     m->hb = falloc(B * H);
     m->q = falloc(B * (size_t)m->qd);
     m->att = falloc(B * (size_t)m->qd);
+    m->gate = falloc(B * (size_t)m->qd);
+    m->qg = falloc(B * 2 * (size_t)m->qd);
+    m->mix_scratch = falloc(c->arch->linear ? c->arch->linear->scratch_floats(c, MAX_BATCH) : 1);
     m->k = falloc(B * (size_t)m->kvd);
     m->v = falloc(B * (size_t)m->kvd);
     m->mg_out = falloc(B * I);
@@ -213,6 +247,7 @@ static fm_status alloc_scratch(fm_model *m) {
     m->elist = fm__calloc(B * K, sizeof *m->elist);
     m->uniq = fm__calloc(E, sizeof *m->uniq);
     m->ew = fm__calloc((size_t)(cap > 0 ? cap : 1), sizeof *m->ew);
+    if (!m->gate || !m->qg || !m->mix_scratch) return fm__err(FM_ERR_NOMEM, "out of memory for the forward pass scratch");
     if (!m->x || !m->xb || !m->hb || !m->q || !m->att || !m->k || !m->v || !m->mg_out ||
         !m->mu_out || !m->rl || !m->topw || !m->ebuf || !m->ein || !m->eout || !m->sg ||
         !m->topi || !m->cnt || !m->eoff || !m->elist || !m->uniq || !m->ew)
@@ -267,9 +302,12 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
 
     /* Resident weights and the expert map. */
     int64_t H = c->hidden, V = c->vocab;
+    for (int32_t i = 0; i < m->st->n_tensors && !m->mlx_layout; i++)
+        m->mlx_layout = strstr(m->st->tensors[i].name, ".switch_mlp.") != NULL;
     if ((rc = fm__load_mat(&m->ld, "model.embed_tokens", V, H, true, &m->embed)) ||
         (rc = fm__load_vec(&m->ld, "model.norm.weight", H, true, &m->final_norm)))
         return rc;
+    norm_offset(m, m->final_norm, H);
     if (fm__st_find(m->st, "lm_head.weight")) {
         if ((rc = fm__load_mat(&m->ld, "lm_head", V, H, true, &m->lm_head))) return rc;
     } else if (c->tie_embeddings || !fm__st_find(m->st, "lm_head.weight")) {
@@ -289,6 +327,7 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
     for (int32_t l = 0; l < c->n_layers; l++)
         if ((rc = load_layer(m, l, &moe_idx))) return rc;
     m->resident_bytes = (int64_t)m->ld.resident_bytes;
+    m->lin_state = m->n_lin ? c->arch->linear->state_floats(c) : 0;
 
     fm__expert_map *em = &m->emap;
     em->n_files = m->st->n_files;
@@ -306,7 +345,8 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
         return fm__err(FM_ERR_UNSUPPORTED, "%s: no layer has routed experts", c->path);
 
     /* Memory plan, then the cache. */
-    uint64_t kv_bytes = 2ull * (uint64_t)c->n_layers * (uint64_t)m->n_ctx * (uint64_t)m->kvd * 4u;
+    uint64_t kv_bytes = 2ull * (uint64_t)m->n_attn * (uint64_t)m->n_ctx * (uint64_t)m->kvd * 4u +
+                        (1u + N_SNAP) * (uint64_t)m->n_lin * m->lin_state * 4u;
     if ((rc = fm__ec_make_plan(em, (uint64_t)m->resident_bytes, kv_bytes, p->mem_limit, p->capacity,
                                &m->plan)))
         return rc;
@@ -378,11 +418,14 @@ void fm_model_free(fm_model *m) {
     free(m->emap.src);
     free(m->emap.layer_index);
     free(m->emap.content_key);
+    if (m->layers)
+        for (int32_t l = 0; l < m->cfg->n_layers; l++)
+            if (m->layers[l].mix) m->cfg->arch->linear->free_weights(m->layers[l].mix);
     free(m->layers);
     fm__loader_free(&m->ld);
     fm__st_free(m->st);
     fm__config_free(m->cfg);
-    void *bufs[] = {m->x, m->xb, m->hb, m->q, m->att, m->k, m->v, m->mg_out, m->mu_out, m->rl,
+    void *bufs[] = {m->x, m->xb, m->hb, m->q, m->att, m->gate, m->qg, m->mix_scratch, m->k, m->v, m->mg_out, m->mu_out, m->rl,
                     m->topw, m->ebuf, m->ein, m->eout, m->sg, m->topi, m->cnt, m->eoff, m->elist,
                     m->uniq, m->ew, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++) free(bufs[i]);
@@ -424,15 +467,19 @@ fm_status fm__state_new(fm_model *m, int32_t n_ctx, fm__state **out) {
         return fm__err(FM_ERR_ARG, "state n_ctx %d must be in [1, %d]", n_ctx, m->n_ctx);
     fm__state *s = calloc(1, sizeof *s);
     if (!s) return fm__err(FM_ERR_NOMEM, "out of memory");
-    size_t n = (size_t)m->cfg->n_layers * (size_t)n_ctx * (size_t)m->kvd;
+    size_t n = (size_t)m->n_attn * (size_t)n_ctx * (size_t)m->kvd;
+    size_t nl = (size_t)m->n_lin * m->lin_state;
     s->m = m;
     s->n_ctx = n_ctx;
     s->kc = falloc(n);
     s->vc = falloc(n);
-    if (!s->kc || !s->vc) {
+    s->lin = falloc(nl);
+    for (int i = 0; i < N_SNAP; i++) s->snap_pos[i] = -1;
+    if (!s->kc || !s->vc || !s->lin) {
         fm__state_free(s);
         return fm__err(FM_ERR_NOMEM, "out of memory for a KV cache of %d positions", n_ctx);
     }
+    memset(s->lin, 0, (nl ? nl : 1) * sizeof(float));
     *out = s;
     return FM_OK;
 }
@@ -441,22 +488,53 @@ void fm__state_free(fm__state *s) {
     if (!s) return;
     free(s->kc);
     free(s->vc);
+    free(s->lin);
+    for (int i = 0; i < N_SNAP; i++) free(s->snap[i]);
     free(s);
 }
 
 int32_t fm__state_pos(const fm__state *s) { return s->pos; }
 int32_t fm__state_n_ctx(const fm__state *s) { return s->n_ctx; }
 uint64_t fm__state_bytes(const fm__state *s) {
-    return 2ull * (uint64_t)s->m->cfg->n_layers * (uint64_t)s->n_ctx * (uint64_t)s->m->kvd * 4u;
+    const fm_model *m = s->m;
+    uint64_t lin = (uint64_t)m->n_lin * m->lin_state * 4u;
+    for (int i = 0; i < N_SNAP; i++) lin += s->snap[i] ? (uint64_t)m->n_lin * m->lin_state * 4u : 0;
+    return 2ull * (uint64_t)m->n_attn * (uint64_t)s->n_ctx * (uint64_t)m->kvd * 4u + lin;
 }
 
 fm_status fm__state_truncate(fm__state *s, int32_t n) {
     if (n < 0 || n > s->pos) return fm__err(FM_ERR_ARG, "truncate to %d of %d positions", n, s->pos);
+    size_t nl = (size_t)s->m->n_lin * s->m->lin_state;
+    if (nl && n != s->pos) {
+        int found = -1;
+        for (int i = 0; i < N_SNAP; i++)
+            if (s->snap[i] && s->snap_pos[i] == n) found = i;
+        if (n == 0) memset(s->lin, 0, nl * sizeof(float));
+        else if (found >= 0) memcpy(s->lin, s->snap[found], nl * sizeof(float));
+        else
+            return fm__err(FM_ERR_UNSUPPORTED, "no recurrent-state snapshot at position %d "
+                                               "(re-prefill needed)", n);
+    }
     s->pos = n;
+    /* Snapshots past n described tokens that are gone. */
+    for (int i = 0; i < N_SNAP; i++)
+        if (s->snap_pos[i] > n) s->snap_pos[i] = -1;
     return FM_OK;
 }
 
-fm_status fm__state_snapshot(fm__state *s) { (void)s; return FM_OK; }
+fm_status fm__state_snapshot(fm__state *s) {
+    size_t nl = (size_t)s->m->n_lin * s->m->lin_state;
+    if (!nl) return FM_OK;
+    for (int i = 0; i < N_SNAP; i++)
+        if (s->snap_pos[i] == s->pos) return FM_OK;
+    int i = s->snap_next;
+    if (!s->snap[i] && !(s->snap[i] = falloc(nl)))
+        return fm__err(FM_ERR_NOMEM, "out of memory for a recurrent-state snapshot");
+    memcpy(s->snap[i], s->lin, nl * sizeof(float));
+    s->snap_pos[i] = s->pos;
+    s->snap_next = (i + 1) % N_SNAP;
+    return FM_OK;
+}
 
 /* ---- forward ----------------------------------------------------------------------- */
 
@@ -473,7 +551,7 @@ static void attn_task(int64_t i, void *vctx) {
     const fm__config *c = m->cfg;
     int32_t t = (int32_t)(i / a->n_heads), h = (int32_t)(i % a->n_heads);
     int32_t pos = a->p0 + t, hd = c->head_dim;
-    size_t lay = (size_t)a->layer * (size_t)a->s->n_ctx * (size_t)m->kvd;
+    size_t lay = (size_t)a->layer * (size_t)a->s->n_ctx * (size_t)m->kvd; /* attention index */
     const float *kb = a->s->kc + lay + (size_t)(h / a->group) * hd;
     const float *vb = a->s->vc + lay + (size_t)(h / a->group) * hd;
     int32_t k0 = c->sliding_window > 0 ? FM_MAX(0, pos - c->sliding_window + 1) : 0;
@@ -608,10 +686,27 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
     for (int32_t t = 0; t < T; t++) fm__mat_row(&m->embed, tokens[t], m->x + t * H);
     for (int32_t l = 0; l < c->n_layers; l++) {
         const layer_w *w = &m->layers[l];
-        /* 2. attention pre-norm */
+        /* 2. token-mixer pre-norm */
         for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->attn_norm, H, c->rms_eps);
-        /* 3. q, k, v projections (+ bias) */
-        fm__matmul(m->pool, &w->wq, m->xb, H, T, m->q, QD);
+        if (w->lin >= 0) {
+            /* 2'. linear attention (recurrent state) instead of steps 3-9 */
+            a->linear->forward(w->mix, c, m->pool, m->xb, T, s->lin + (size_t)w->lin * m->lin_state,
+                               m->mix_scratch, m->hb);
+            for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i];
+            goto ffn;
+        }
+        /* 3. q, k, v projections (+ bias); with an output gate q_proj gives [q | gate] per head */
+        if (a->attn_output_gate) {
+            fm__matmul(m->pool, &w->wq, m->xb, H, T, m->qg, 2 * QD);
+            for (int32_t t = 0; t < T; t++)
+                for (int32_t h = 0; h < c->n_heads; h++) {
+                    const float *src = m->qg + (size_t)t * 2 * QD + (size_t)h * 2 * hd;
+                    memcpy(m->q + t * QD + h * hd, src, (size_t)hd * 4);
+                    memcpy(m->gate + t * QD + h * hd, src + hd, (size_t)hd * 4);
+                }
+        } else {
+            fm__matmul(m->pool, &w->wq, m->xb, H, T, m->q, QD);
+        }
         fm__matmul(m->pool, &w->wk, m->xb, H, T, m->k, KVD);
         fm__matmul(m->pool, &w->wv, m->xb, H, T, m->v, KVD);
         for (int32_t t = 0; t < T; t++) {
@@ -641,16 +736,19 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             fm__rope(q, c->n_heads, (int32_t)hd, m->rot, cs, sn);
             fm__rope(k, c->n_kv_heads, (int32_t)hd, m->rot, cs, sn);
             /* 7. append k, v to the cache */
-            size_t at = ((size_t)l * s->n_ctx + (size_t)(p0 + t)) * (size_t)KVD;
+            size_t at = ((size_t)w->attn * s->n_ctx + (size_t)(p0 + t)) * (size_t)KVD;
             memcpy(s->kc + at, k, (size_t)KVD * 4);
             memcpy(s->vc + at, v, (size_t)KVD * 4);
         }
         /* 8. causal GQA attention, one task per (token, head) */
-        attn_ctx ac = {m, s, l, p0, c->n_heads, c->n_heads / c->n_kv_heads};
+        attn_ctx ac = {m, s, w->attn, p0, c->n_heads, c->n_heads / c->n_kv_heads};
         fm__pool_run(m->pool, (int64_t)T * c->n_heads, attn_task, &ac);
+        if (a->attn_output_gate)
+            for (int64_t i = 0; i < T * QD; i++) m->att[i] *= fm__sigmoid(m->gate[i]);
         /* 9. output projection and residual */
         fm__matmul(m->pool, &w->wo, m->att, QD, T, m->hb, H);
         for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i] + (w->bo ? w->bo[i % H] : 0.0f);
+    ffn:
         /* 10. FFN pre-norm */
         for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->ffn_norm, H, c->rms_eps);
         if (w->moe >= 0) {
