@@ -83,6 +83,7 @@ struct fm__tokenizer {
     uint32_t mmask;
     int32_t unk_id;
     int fuse_unk, byte_fallback, ignore_merges;
+    int sp_split;                    /* words may be cut before "▁" runs (see bpe_word) */
     char *cont_prefix, *eow_suffix;  /* NULL when absent */
     int32_t byte_tok[256];           /* <0xNN> ids for byte_fallback, -1 if missing */
     /* added tokens */
@@ -638,7 +639,7 @@ static fm_status bpe_word_uncached(enc_ctx *c, const char *w, size_t n) {
     return FM_OK;
 }
 
-static fm_status bpe_word(enc_ctx *c, const char *w, size_t n) {
+static fm_status bpe_chunk(enc_ctx *c, const char *w, size_t n) {
     uint64_t h = fm__tok_hash(w, n);
     if (c->cache) {
         uint32_t i = (uint32_t)h & c->cmask;
@@ -685,6 +686,23 @@ static fm_status bpe_word(enc_ctx *c, const char *w, size_t n) {
     c->cache[i] = e;
     c->cn++;
     return FM_OK;
+}
+
+/* BPE of one pre-token word. When no vocabulary token has "▁" after another character
+ * (t->sp_split, true of SentencePiece vocabularies), no merge can cross the start of a
+ * "▁" run, so the word is cut there and each piece is cached: exact, and fast for
+ * SentencePiece models that have no pre-tokenizer (the whole text is one word). */
+static fm_status bpe_word(enc_ctx *c, const char *w, size_t n) {
+    if (!c->t->sp_split || n <= 3) return bpe_chunk(c, w, n);
+    size_t a = 0;
+    for (size_t i = 3; i + 3 <= n; i++) {
+        if (memcmp(w + i, "\xE2\x96\x81", 3) == 0 && memcmp(w + i - 3, "\xE2\x96\x81", 3) != 0) {
+            fm_status st = bpe_chunk(c, w + a, i - a);
+            if (st) return st;
+            a = i;
+        }
+    }
+    return bpe_chunk(c, w + a, n - a);
 }
 
 /* ------------------------------------------------------------------ pre-tokenizers */
@@ -1718,6 +1736,19 @@ static fm_status load_model(const ld *L, const cJSON *root) {
         uint32_t h = (uint32_t)fm__tok_hash(e->string, n) & t->vmask;
         while (t->vmap[h] >= 0) h = (h + 1) & t->vmask;
         t->vmap[h] = id;
+    }
+
+    /* SentencePiece-style vocabularies: "▁" only ever starts a token or follows "▁" */
+    t->sp_split = vocab_get(t, "\xE2\x96\x81", 3) >= 0;
+    for (int32_t id = 0; id < t->n_ids && t->sp_split; id++) {
+        if (t->voc_off[id] == UINT32_MAX) continue;
+        const char *s = t->arena + t->voc_off[id];
+        size_t n = t->voc_len[id];
+        for (size_t i = 1; i + 3 <= n; i++)
+            if (memcmp(s + i, "\xE2\x96\x81", 3) == 0 && (i < 3 || memcmp(s + i - 3, "\xE2\x96\x81", 3) != 0)) {
+                t->sp_split = 0;
+                break;
+            }
     }
 
     /* BPE options */

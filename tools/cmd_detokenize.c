@@ -35,23 +35,28 @@ static long parse_ids(const char *s, int32_t **out) {
 }
 
 int cmd_detokenize(int argc, char **argv) {
-    const char *ids_arg = NULL;
+    const char *ids_arg = NULL, *ids_file = NULL;
     cli_opt opts[] = {
         {"--ids", NULL, CLI_STR, &ids_arg, "token ids: 1,2,3 or a JSON array"},
+        {"--ids-file", NULL, CLI_STR, &ids_file, "file holding the ids in the same syntax"},
     };
-    const char *usage = "flash-moe detokenize MODEL --ids 1,2,3";
+    const char *usage = "flash-moe detokenize MODEL (--ids 1,2,3 | --ids-file F)";
     const char *pos[1];
     int npos;
     int rc = cli_parse(argc, argv, 2, opts, (int)FM_ARRAY_LEN(opts), usage, pos, 1, &npos);
     if (rc) return rc == 1 ? 0 : 2;
-    if (npos != 1 || !ids_arg) {
-        fprintf(stderr, "flash-moe: detokenize needs MODEL and --ids\n");
+    if (npos != 1 || (!ids_arg) == (!ids_file)) {
+        fprintf(stderr, "flash-moe: detokenize needs MODEL and one of --ids / --ids-file\n");
         return 2;
     }
+    char *file_text = NULL;
+    size_t flen;
+    if (ids_file && fm__read_file(ids_file, &file_text, &flen) != FM_OK) return cli_fail("cannot read --ids-file");
     int32_t *ids = NULL;
-    long n = parse_ids(ids_arg, &ids);
+    long n = parse_ids(ids_file ? file_text : ids_arg, &ids);
+    free(file_text);
     if (n < 0) {
-        fprintf(stderr, "flash-moe: bad --ids '%s' (expected non-negative integers)\n", ids_arg);
+        fprintf(stderr, "flash-moe: bad token ids (expected non-negative integers separated by commas)\n");
         return 2;
     }
     fm__tokenizer *t = NULL;

@@ -10,11 +10,12 @@
 
 int cmd_tokenize(int argc, char **argv) {
     const char *text_file = NULL, *text = NULL;
-    int add_special = 0;
+    int add_special = 0, bench = 0;
     cli_opt opts[] = {
         {"--text-file", "-f", CLI_STR, &text_file, "file whose bytes are tokenized (\"-\" = stdin)"},
         {"--text", NULL, CLI_STR, &text, "text to tokenize"},
         {"--add-special", NULL, CLI_FLAG, &add_special, "add BOS/EOS as the tokenizer config asks"},
+        {"--bench", NULL, CLI_FLAG, &bench, "print load time and encode throughput instead of the ids"},
     };
     const char *usage = "flash-moe tokenize MODEL (--text-file F | --text S) [--add-special]";
     const char *pos[1];
@@ -46,18 +47,29 @@ int cmd_tokenize(int argc, char **argv) {
         }
     }
     fm__tokenizer *t = NULL;
+    double t0 = fm__now();
     if (fm__tok_load(pos[0], &t) != FM_OK) {
         free(buf);
         return cli_fail("cannot load the tokenizer");
     }
     int32_t *ids = NULL;
     size_t n = 0;
+    double t1 = fm__now();
     fm_status st = text ? fm__tok_encode(t, text, strlen(text), add_special, &ids, &n)
                         : fm__tok_encode(t, buf, len, add_special, &ids, &n);
     free(buf);
     if (st != FM_OK) {
         fm__tok_free(t);
         return cli_fail("cannot tokenize");
+    }
+    if (bench) {
+        double t2 = fm__now();
+        size_t bytes = text ? strlen(text) : len;
+        printf("load %.3f s, encode %zu bytes -> %zu tokens in %.3f s: %.2f MB/s (%.2f bytes/token)\n",
+               t1 - t0, bytes, n, t2 - t1, (double)bytes / 1e6 / (t2 - t1), n ? (double)bytes / (double)n : 0.0);
+        free(ids);
+        fm__tok_free(t);
+        return 0;
     }
     putchar('[');
     for (size_t i = 0; i < n; i++) printf(i ? ",%d" : "%d", ids[i]);

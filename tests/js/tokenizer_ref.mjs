@@ -53,6 +53,8 @@ export const CASES = {
   unicode_spaces: "em\u2003space thin\u2009space zero\u200bwidth\u200d joiner\u2028sep",
   controls: "vt\u000bff\u000cbell\u0007esc\u001b[0m",
   bom: "\ufeffBOM at start",
+  bom_after_space: "x \ufeffBOM after a space",
+  nel: "next\u0085line and\u0085 \u0085end",
   punctuation: "!!!???...,,,;;; --- === *** ((())) [[]] {{}} <<>> ~~ ``` \"\"''",
   url_email: "See https://example.com/path?q=1&r=two#frag or mail a.b+c@example.org.",
   markdown: "# Title\n\n- item 1\n- item 2\n\n```python\nprint('hi')\n```\n\n> quote",
