@@ -672,7 +672,9 @@ static void warm_start(fm__ecache *c) {
     const uint32_t *freq = NULL;
     const uint64_t *last = NULL, *tick = NULL;
     const uint8_t *res = NULL;
-    bool have = c->store && fm__store_state(c->store, &freq, &last, &res, &tick);
+    const char *nw = getenv("FM_NO_WARM"); /* benchmarks: start cold */
+    bool have = c->store && !(nw && *nw && strcmp(nw, "0") != 0) &&
+                fm__store_state(c->store, &freq, &last, &res, &tick);
     int32_t *ids = fm__malloc_array((size_t)c->n_experts, sizeof(int32_t));
     if (!ids) return;
     for (int32_t l = 0; l < c->n_layers; l++) {

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# bench_cache.sh: decode speed of a Qwen3-30B-A3B-shaped 4-bit MoE (random weights, so
+# routing is near uniform: the worst case for a cache) at expert-cache capacities of
+# 100/50/25/12.5%, next to the I/O bound measured in the same run:
+#     bound time per token = bytes read per token / disk bandwidth + compute time per token
+# Disk bandwidth: O_DIRECT reads of the model file with dd (1 stream, 4 streams; the larger
+# is used). Compute time: the 100% run's decode time per token (it reads nothing).
+# The driver (scripts/bench_cache.c, linked against BUILD/libflashmoe.a) prefills WARM
+# pseudo-random tokens, then decodes DECODE fresh pseudo-random tokens (teacher forcing).
+#
+#   scripts/bench_cache.sh [BUILD]   env: LAYERS (4), WARM (128), DECODE (16),
+#                                    WORK (/tmp/fm_bench_cache), STORE (1 = packed store,
+#                                    0 = checkpoint reads), PREFETCH (0/1), CAPS ("100 50 25 12.5")
+set -u
+BUILD=${1:-build}
+BIN=$BUILD/flash-moe
+LAYERS=${LAYERS:-4}
+WARM=${WARM:-128}
+DECODE=${DECODE:-16}
+WORK=${WORK:-/tmp/fm_bench_cache}
+STORE=${STORE:-1}
+PREFETCH=${PREFETCH:-0}
+CAPS=${CAPS:-100 50 25 12.5}
+M=$WORK/q30-${LAYERS}l
+mkdir -p "$WORK"
+DRV=$WORK/bench_cache
+cc -O2 -std=c11 -D_GNU_SOURCE -pthread -Iinclude -Isrc scripts/bench_cache.c "$BUILD/libflashmoe.a" \
+    -lpcre2-8 -lutf8proc -lmicrohttpd -lcjson -ledit -lm -lpthread -o "$DRV" || exit 1
+if [ ! -f "$M/model.safetensors" ]; then
+    echo "# generating $M (qwen3-30b-a3b shape, $LAYERS layers, 4-bit)"
+    "$BIN" synth "$M" --preset qwen3-30b-a3b --layers "$LAYERS" -q 4 --seed 1 >/dev/null 2>&1 || exit 1
+fi
+F=$M/model.safetensors
+size=$(stat -c %s "$F")
+
+# Disk bandwidth, O_DIRECT: one stream, and four streams over disjoint quarters.
+mib=$((size / 1048576 / 4 / 4 * 4)); [ $mib -gt 512 ] && mib=512
+bw1=$(dd if="$F" of=/dev/null iflag=direct bs=4M count=$((mib / 4)) 2>&1 |
+    awk '/copied/ {for (i = 1; i <= NF; i++) if ($i == "s,") print $1 / $(i - 1)}')
+t0=$(date +%s.%N)
+for k in 0 1 2 3; do
+    dd if="$F" of=/dev/null iflag=direct bs=4M skip=$((k * size / 4 / 4194304)) count=$((mib / 4 / 4)) 2>/dev/null &
+done
+wait
+t1=$(date +%s.%N)
+bw4=$(awk -v b=$((4 * (mib / 4 / 4) * 4194304)) -v a="$t0" -v z="$t1" 'BEGIN {print b / (z - a)}')
+bw=$(awk -v a="$bw1" -v b="$bw4" 'BEGIN {print (a > b ? a : b)}')
+awk -v a="$bw1" -v b="$bw4" -v c="$bw" 'BEGIN {printf "# disk (O_DIRECT dd, 4 MiB blocks): 1 stream %.2f GB/s, 4 streams %.2f GB/s -> %.2f GB/s used\n", a/1e9, b/1e9, c/1e9}'
+
+CD=""
+if [ "$STORE" = 1 ]; then
+    CD=$WORK/store
+    "$BIN" pack "$M" --cache-dir "$CD" >/dev/null 2>&1 || { echo "pack failed"; exit 1; }
+    echo "# misses read from the packed store: one aligned O_DIRECT read per expert"
+else
+    echo "# misses read from the checkpoint: O_DIRECT aligned supersets of the 9 arrays of an expert"
+fi
+echo "# warm-up prefill $WARM tokens, then $DECODE decoded tokens; prefetch $PREFETCH; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+"$BIN" info "$M" --ctx 512 --capacity 8 --cache-dir "" 2>/dev/null | grep -E "^(layers|experts|bytes per expert|all experts|resident)" | sed 's/^/# /'
+nexp=$("$BIN" info "$M" --ctx 512 --capacity 8 --cache-dir "" 2>/dev/null | awk '/^experts/ {print $2+0}')
+
+printf "\n%-10s %7s %8s %8s %9s %9s %9s %8s %7s %9s\n" capacity "tok/s" "hit" "MB/tok" "I/O wait" "compute" "bound" "x bound" "GB/s" "peak RSS"
+printf "%-10s %7s %8s %8s %9s %9s %9s %8s %7s %9s\n" "" "" "rate" "" "ms/tok" "ms/tok" "tok/s" "" "reads" ""
+compute_s=""
+for pct in $CAPS; do
+    cap=$(awk -v n="$nexp" -v p="$pct" 'BEGIN {c = int(n * p / 100); if (c < 8) c = 8; print c}')
+    line=$(FM_NO_WARM=1 "$DRV" "$M" "$cap" "$WARM" "$DECODE" "$CD" "$PREFETCH" 2>&1 | tail -1)
+    case "$line" in capacity=*) ;; *) echo "$pct%: $line"; continue;; esac
+    eval "$line"
+    [ -z "$compute_s" ] && compute_s=$(awk -v t="$time_s" -v w="$io_wait_s" -v n="$DECODE" 'BEGIN {print (t - w) / n}')
+    awk -v pct="$pct" -v cap="$capacity" -v tps="$tok_s" -v h="$hits" -v m="$misses" -v b="$bytes" \
+        -v n="$DECODE" -v bw="$bw" -v cs="$compute_s" -v w="$io_wait_s" -v t="$time_s" -v g="$read_gbps" \
+        -v rss="$rss_peak" 'BEGIN {
+        bpt = b / n; io = bpt / bw; bound = 1 / (io + cs);
+        printf "%5s%% %3d %7.2f %7.1f%% %8.1f %9.1f %9.1f %9.2f %8.2f %7.2f %6.0f MiB\n", pct, cap, tps,
+               100 * h / (h + m > 0 ? h + m : 1), bpt / 1e6, 1000 * w / n, 1000 * (t - w) / n, bound,
+               bound / tps, g, rss / 1048576 }'
+done
+echo "# bound = 1 / (bytes per token / disk bandwidth + compute s per token of the 100% run)"
+echo "# x bound = measured time per token / bound time per token (target <= 1.3)"
