@@ -268,6 +268,36 @@ static void test_layouts(const char *fdir) {
     if (system(cmd) != 0) printf("# could not remove %s\\n", tmp);
 }
 
+/* Models with recurrent state: a state truncated back to a snapshot and continued gives
+ * bitwise the logits of one uninterrupted run; truncating where no snapshot exists is
+ * refused and leaves the state as it was. */
+static void test_snapshots(const char *dir, const char *name, const fixture *fx, const float *pre) {
+    fm_model_params p;
+    fm_model_params_default(&p);
+    p.n_ctx = fx->n;
+    p.cache_dir = "";
+    fm_model *m = NULL;
+    if (fm_model_open(dir, &p, &m) != FM_OK) { CHECK(0, "%s: opens", name); return; }
+    int32_t V = fx->vocab, a = fx->n / 2, b = fx->n * 3 / 4;
+    float *lg = malloc((size_t)fx->n * V * sizeof *lg);
+    fm__state *s = NULL;
+    bool ok = lg && fm__state_new(m, fx->n, &s) == FM_OK &&
+              fm__forward(m, s, fx->tokens, a, NULL, 0) == FM_OK && fm__state_snapshot(s) == FM_OK &&
+              fm__forward(m, s, fx->tokens + a, b - a, NULL, 0) == FM_OK;
+    fm_status tr = ok ? fm__state_truncate(s, a / 2) : FM_OK;
+    CHECK(ok && tr == FM_ERR_UNSUPPORTED && fm__state_pos(s) == b,
+          "%s: truncate without a snapshot is refused, state kept", name);
+    ok = ok && fm__state_truncate(s, a) == FM_OK && fm__state_pos(s) == a &&
+         fm__forward(m, s, fx->tokens + a, fx->n - a, lg, 1) == FM_OK;
+    CHECK(ok && memcmp(lg, pre + (size_t)a * V, (size_t)(fx->n - a) * V * 4) == 0,
+          "%s: continuing from the snapshot at %d is bitwise equal to one run", name, a);
+    ok = ok && fm__state_truncate(s, 0) == FM_OK && fm__forward(m, s, fx->tokens, fx->n, lg, 1) == FM_OK;
+    CHECK(ok && memcmp(lg, pre, (size_t)fx->n * V * 4) == 0, "%s: truncate to 0 and rerun is bitwise equal", name);
+    fm__state_free(s);
+    fm_model_free(m);
+    free(lg);
+}
+
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -309,6 +339,7 @@ int main(void) {
         CHECK(pre && same_argmax(pre, fx.ref, fx.n, fx.vocab), "%s: prefill argmax equal at every position", names[i]);
         CHECK(dec && ed <= 1e-4, "%s: decode rel err %.3g <= 1e-4", names[i], ed);
         CHECK(dec && same_argmax(dec, fx.ref, fx.n, fx.vocab), "%s: decode argmax equal at every position", names[i]);
+        if (pre && strstr(names[i], "qwen3_next")) test_snapshots(dir, names[i], &fx, pre);
         int32_t caps[2] = {info.top_k, info.n_experts / 2};
         for (int c = 0; c < 2 && pre && dec; c++) {
             if (caps[c] < info.top_k) continue;
