@@ -5,6 +5,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -450,7 +451,7 @@ int srv_num(const cJSON *obj, const char *key, double lo, double hi, int integer
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v)) return 0;
     double x = v->valuedouble;
-    if (!cJSON_IsNumber(v) || x != x || (integer && x != (double)(long long)x)) {
+    if (!cJSON_IsNumber(v) || x != x || (integer && x != trunc(x))) {
         snprintf(msg, msg_len, "'%s' must be %s", key, integer ? "an integer" : "a number");
         *param = key;
         return -1;

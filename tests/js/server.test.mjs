@@ -9,7 +9,7 @@ import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import { startServer } from './server_lib.mjs';
 
-const TOOL_TEXT = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>';
+const TOOL_TEXT = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lyon"}}\n</tool_call>';
 const STOP_TEXT = 'Hello world. The answer is 42. Goodbye.';
 const KEY = 'sk-test-0123456789';
 
@@ -146,14 +146,17 @@ test('chat: tool call parsed from the model output, then the tool result goes ba
   const ch = r.choices[0];
   assert.equal(ch.finish_reason, 'tool_calls');
   assert.equal(ch.message.content, 'Let me check.');
-  assert.equal(ch.message.tool_calls.length, 1);
+  assert.equal(ch.message.tool_calls.length, 2);
+  assert.deepEqual(JSON.parse(ch.message.tool_calls[1].function.arguments), { city: 'Lyon' });
+  assert.notEqual(ch.message.tool_calls[1].id, ch.message.tool_calls[0].id);
   const call = ch.message.tool_calls[0];
   assert.equal(call.type, 'function');
   assert.equal(call.function.name, 'get_weather');
   assert.deepEqual(JSON.parse(call.function.arguments), { city: 'Paris', unit: 'celsius' });
   assert.match(call.id, /^call_/);
   // the client sends the tool result back; the model's own template renders it
-  messages.push(ch.message, { role: 'tool', tool_call_id: call.id, content: '{"temp": 18}' });
+  messages.push(ch.message, { role: 'tool', tool_call_id: call.id, content: '{"temp": 18}' },
+    { role: 'tool', tool_call_id: ch.message.tool_calls[1].id, content: '{"temp": 21}' });
   const r2 = await oa(real).chat.completions.create({ model: 'm', messages, tools: [WEATHER_OA], max_tokens: 8 });
   assert.ok(r2.usage.prompt_tokens > 0);
   assert.ok(['stop', 'length', 'tool_calls'].includes(r2.choices[0].finish_reason));
@@ -183,9 +186,10 @@ test('chat: streamed tool call deltas assemble into the call', async () => {
   }
   assert.equal(fin, 'tool_calls');
   assert.equal(text, 'Let me check.');
-  assert.equal(calls.length, 1);
+  assert.equal(calls.length, 2);
   assert.equal(calls[0].name, 'get_weather');
   assert.deepEqual(JSON.parse(calls[0].args), { city: 'Paris', unit: 'celsius' });
+  assert.deepEqual(JSON.parse(calls[1].args), { city: 'Lyon' });
 });
 
 test('messages: non-streaming text and streaming events agree', async () => {
@@ -227,7 +231,8 @@ test('messages: tool_use round trip, non-streaming and streaming', async () => {
   const messages = [{ role: 'user', content: 'Weather in Paris?' }];
   const m = await c.messages.create({ model: 'm', max_tokens: 200, tools: [WEATHER_AN], messages });
   assert.equal(m.stop_reason, 'tool_use');
-  assert.deepEqual(m.content.map((b) => b.type), ['text', 'tool_use']);
+  assert.deepEqual(m.content.map((b) => b.type), ['text', 'tool_use', 'tool_use']);
+  assert.deepEqual(m.content[2].input, { city: 'Lyon' });
   assert.equal(m.content[0].text, 'Let me check.');
   const use = m.content[1];
   assert.equal(use.name, 'get_weather');
@@ -250,7 +255,9 @@ test('messages: tool_use round trip, non-streaming and streaming', async () => {
   // tool_result goes back to the model through its template
   messages.push({ role: 'assistant', content: m.content }, {
     role: 'user',
-    content: [{ type: 'tool_result', tool_use_id: use.id, content: '18 degrees' }, { type: 'text', text: 'Thanks' }],
+    content: [{ type: 'tool_result', tool_use_id: use.id, content: '18 degrees' },
+      { type: 'tool_result', tool_use_id: m.content[2].id, content: [{ type: 'text', text: '21 degrees' }] },
+      { type: 'text', text: 'Thanks' }],
   });
   const m2 = await an(real).messages.create({ model: 'm', max_tokens: 8, tools: [WEATHER_AN], messages });
   assert.ok(m2.usage.input_tokens + m2.usage.cache_read_input_tokens > 0);
