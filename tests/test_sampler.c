@@ -86,6 +86,80 @@ static void test_distributions(void) {
     fm__sampler_free(&s);
 }
 
+/* Brute force over a large vocabulary: full sort, then the documented rules, in doubles.
+ * Checks the sampler's partial (thresholded) sorting gives the same support and mass. */
+typedef struct { double p; int id; } bf;
+static int bf_cmp(const void *a, const void *b) {
+    const bf *x = a, *y = b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return x->id - y->id;
+}
+
+static void test_large_vocab(void) {
+    enum { V = 20000 };
+    static float lg[V], pr[V];
+    static bf b[V];
+    static double want[V];
+    fm__sampler s;
+    fm__sampler_init(&s, V);
+    uint64_t x = 777;
+    for (int i = 0; i < V; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        double u = (double)(x >> 11) / 9007199254740992.0;
+        lg[i] = (float)(8.0 * u * u * u); /* a few large logits, a long tail */
+    }
+    const int ks[] = {0, 1, 5, 40, 1000};
+    const float ps[] = {1.0f, 0.5f, 0.9f, 0.99f};
+    const float mps[] = {0.0f, 0.05f};
+    int bad = 0, cases = 0;
+    const float temps[] = {0.7f, 3.0f};
+    for (int ti = 0; ti < 2; ti++)
+    for (int ki = 0; ki < 5; ki++)
+        for (int pi = 0; pi < 4; pi++)
+            for (int mi = 0; mi < 2; mi++) {
+                fm_gen_params p = defaults();
+                const double T = temps[ti];
+                p.temperature = temps[ti];
+                p.top_k = ks[ki];
+                p.top_p = ps[pi];
+                p.min_p = mps[mi];
+                fm__sampler_probs(&s, &p, lg, NULL, 0, pr);
+                double mx = -1e30, z = 0;
+                for (int i = 0; i < V; i++) mx = fmax(mx, lg[i] / T);
+                for (int i = 0; i < V; i++) {
+                    b[i].p = exp(lg[i] / T - mx);
+                    b[i].id = i;
+                }
+                qsort(b, V, sizeof *b, bf_cmp);
+                int m = V;
+                if (p.top_k > 0 && p.top_k < m) m = p.top_k;
+                for (int i = 0; i < m; i++) z += b[i].p;
+                if (p.top_p < 1) {
+                    double cum = 0;
+                    int keep = 0;
+                    while (keep < m && (keep == 0 || cum < p.top_p * z)) cum += b[keep++].p;
+                    m = keep;
+                }
+                if (p.min_p > 0) {
+                    int keep = 1;
+                    while (keep < m && b[keep].p >= p.min_p * b[0].p) keep++;
+                    m = keep;
+                }
+                z = 0;
+                for (int i = 0; i < m; i++) z += b[i].p;
+                memset(want, 0, sizeof want);
+                for (int i = 0; i < m; i++) want[b[i].id] = b[i].p / z;
+                int ok = 1;
+                for (int i = 0; i < V && ok; i++)
+                    if ((want[i] > 0) != (pr[i] > 0) || fabs(want[i] - pr[i]) > 1e-5) ok = 0;
+                bad += !ok;
+                cases++;
+            }
+    CHECK(bad == 0, "20000-token vocabulary: %d top-k/top-p/min-p combinations match a full sort (%d wrong)",
+          cases, bad);
+    fm__sampler_free(&s);
+}
+
 static void test_greedy_and_seeds(void) {
     enum { V = 1000 };
     fm__sampler s;
@@ -300,6 +374,7 @@ static void test_rep(void) {
 int main(void) {
     test_distributions();
     test_greedy_and_seeds();
+    test_large_vocab();
     test_penalties();
     test_stopper();
     test_rep();

@@ -18,11 +18,36 @@ void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t le
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) { (void)sig; interrupted = 1; }
 
+/* Streaming state: the text so far, for repetition metrics at chosen token counts. */
+typedef struct {
+    char *text;
+    size_t len, cap;
+    const int32_t *rep_at;
+    int n_rep_at, next;
+} run_out;
+
 static int stream_out(const char *piece, size_t len, const fm_stats *st, void *user) {
-    (void)st; (void)user;
+    run_out *o = user;
     if (len) {
         fwrite(piece, 1, len, stdout);
         fflush(stdout);
+        if (o->len + len + 1 > o->cap) {
+            size_t nc = o->cap ? o->cap * 2 : 4096;
+            while (nc < o->len + len + 1) nc *= 2;
+            char *nt = realloc(o->text, nc);
+            if (!nt) return 1;
+            o->text = nt;
+            o->cap = nc;
+        }
+        memcpy(o->text + o->len, piece, len);
+        o->len += len;
+    }
+    while (o->next < o->n_rep_at && st->generated_tokens >= o->rep_at[o->next]) {
+        fm__rep r;
+        fm__rep_metrics(o->text ? o->text : "", o->len, &r);
+        fprintf(stderr, "\n[repetition @ %lld tokens: top trigram share %.3f, distinct word "
+                "4-grams %.3f]\n", (long long)st->generated_tokens, r.trigram_share, r.distinct4);
+        o->next++;
     }
     return interrupted != 0;
 }
@@ -67,6 +92,7 @@ int cmd_run(int argc, char **argv) {
     float temp = 0.7f, top_p = 0.95f, min_p = 0.0f, rep = 1.0f, pres = 0.0f, freq = 0.0f;
     int chat = 0, raw = 0, ignore_eos = 0;
     cli_list stops = {0};
+    const char *rep_at_s = NULL;
     cli_model_opts mo;
     cli_model_opts_default(&mo);
     cli_opt opts[] = {
@@ -85,6 +111,7 @@ int cmd_run(int argc, char **argv) {
         {"--system", NULL, CLI_STR, &system, "system message (chat mode)"},
         {"--stop", NULL, CLI_LIST, &stops, "stop string; output ends before it"},
         {"--ignore-eos", NULL, CLI_FLAG, &ignore_eos, "do not stop at the model's EOS tokens"},
+        {"--rep-at", NULL, CLI_STR, &rep_at_s, "print repetition metrics to stderr at these token counts, e.g. 250,500,1000"},
         CLI_MODEL_OPTS(&mo),
     };
     const char *usage = "flash-moe run [MODEL] -p PROMPT [options]";
@@ -107,6 +134,19 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "flash-moe: --max-tokens must be >= 0\n");
         free(stops.items);
         return 2;
+    }
+    int32_t rep_at[32];
+    int n_rep_at = 0;
+    for (const char *q = rep_at_s; q && *q;) {
+        char *end;
+        long v = strtol(q, &end, 10);
+        if (end == q || v <= 0 || n_rep_at == 32 || (*end && *end != ',')) {
+            fprintf(stderr, "flash-moe: --rep-at wants increasing positive counts like 250,500,1000\n");
+            free(stops.items);
+            return 2;
+        }
+        rep_at[n_rep_at++] = (int32_t)v;
+        q = *end ? end + 1 : end;
     }
     const char *dir = cli_model_or_demo(n_pos ? pos[0] : NULL);
     if (!dir) {
@@ -145,20 +185,28 @@ int cmd_run(int argc, char **argv) {
     sigaction(SIGINT, &sa, &old);
     char *text = NULL;
     fm_status st;
-    if (raw) {
-        st = fm_generate(s, prompt, &gp, stream_out, NULL, &text);
-    } else {
-        fm_chat_msg msgs[2];
-        size_t n = 0;
-        memset(msgs, 0, sizeof msgs);
-        if (system) {
-            msgs[n].role = "system";
-            msgs[n++].content = system;
-        }
-        msgs[n].role = "user";
-        msgs[n++].content = prompt;
-        st = fm_session_chat(s, msgs, n, NULL, NULL, &gp, stream_out, NULL, &text);
+    run_out out = {NULL, 0, 0, rep_at, n_rep_at, 0};
+    fm_chat_msg msgs[2];
+    size_t n = 0;
+    memset(msgs, 0, sizeof msgs);
+    if (system) {
+        msgs[n].role = "system";
+        msgs[n++].content = system;
     }
+    msgs[n].role = "user";
+    msgs[n++].content = prompt;
+    if (!raw && !chat) {
+        /* default: the chat template, or the raw prompt for a model that has none */
+        char *probe = NULL;
+        if (fm_chat_render(m, msgs, n, NULL, NULL, 1, &probe) == FM_ERR_TEMPLATE &&
+            strstr(fm_last_error(), "has no chat template")) {
+            fprintf(stderr, "flash-moe: the model has no chat template; using the prompt as is\n");
+            raw = 1;
+        }
+        fm_free(probe);
+    }
+    if (raw) st = fm_generate(s, prompt, &gp, stream_out, &out, &text);
+    else st = fm_session_chat(s, msgs, n, NULL, NULL, &gp, stream_out, &out, &text);
     sigaction(SIGINT, &old, NULL);
     printf("\n");
     fflush(stdout);
@@ -167,10 +215,11 @@ int cmd_run(int argc, char **argv) {
     if (mo.stats) {
         fm_stats fs;
         fm_session_stats(s, &fs);
-        /* the text is only returned on success; on cancel, measure nothing */
-        gen_print_stats(&fs, fm_session_finish_reason(s), text, text ? strlen(text) : 0);
+        /* the streamed text: also there after Ctrl-C */
+        gen_print_stats(&fs, fm_session_finish_reason(s), out.text ? out.text : "", out.len);
     }
     fm_free(text);
+    free(out.text);
     fm_session_free(s);
     fm_model_free(m);
     free(stops.items);
