@@ -39,8 +39,18 @@ static int config_only(const char *dir, const cli_model_opts *mo) {
     double expert = 0;
     char mod[200];
     for (int32_t l = 0; l < c->n_layers; l++) {
-        snprintf(mod, sizeof mod, "model.layers.%d.self_attn.q_proj", l);
-        res += mat_bytes(c, mod, qd, H, es) * 2 + mat_bytes(c, mod, kvd, H, es) * 2 + 2 * H * es;
+        res += 2 * H * es; /* the two norms */
+        if (c->layer_linear && c->layer_linear[l]) { /* Gated DeltaNet */
+            double kd = (double)c->lin_k_heads * c->lin_k_dim, vd = (double)c->lin_v_heads * c->lin_v_dim;
+            snprintf(mod, sizeof mod, "model.layers.%d.linear_attn.in_proj_qkvz", l);
+            res += mat_bytes(c, mod, 2 * kd + 2 * vd, H, es) + mat_bytes(c, mod, 2.0 * c->lin_v_heads, H, es) +
+                   mat_bytes(c, mod, H, vd, es) + (2 * kd + vd) * c->lin_conv * es +
+                   (3.0 * c->lin_v_heads + c->lin_v_dim) * es;
+        } else {
+            snprintf(mod, sizeof mod, "model.layers.%d.self_attn.q_proj", l);
+            res += mat_bytes(c, mod, qd * (c->arch->attn_output_gate ? 2 : 1), H, es) + mat_bytes(c, mod, qd, H, es) +
+                   mat_bytes(c, mod, kvd, H, es) * 2;
+        }
         if (fm__config_layer_is_moe(c, l)) {
             n_moe++;
             snprintf(mod, sizeof mod, "model.layers.%d.%s.%s", l, c->arch->moe_prefix, c->arch->router_name);
@@ -54,7 +64,13 @@ static int config_only(const char *dir, const cli_model_opts *mo) {
         }
     }
     int32_t n_ctx = mo->ctx > 0 ? mo->ctx : (c->max_pos > 0 && c->max_pos < 4096 ? c->max_pos : 4096);
-    double kv = 2.0 * c->n_layers * n_ctx * kvd * 4;
+    int32_t n_attn = c->n_layers;
+    for (int32_t l = 0; c->layer_linear && l < c->n_layers; l++) n_attn -= c->layer_linear[l];
+    double kv = 2.0 * n_attn * n_ctx * kvd * 4;
+    if (c->layer_linear) /* recurrent + convolution state of the linear layers */
+        kv += (double)(c->n_layers - n_attn) * 4 *
+              ((double)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim +
+               (c->lin_conv - 1.0) * (2.0 * c->lin_k_heads * c->lin_k_dim + (double)c->lin_v_heads * c->lin_v_dim));
     printf("arch                   %s (estimated from %s; %s%s)\n", c->model_type, c->path,
            c->quant.enabled ? "MLX affine " : (c->dtype[0] ? c->dtype : "16-bit"),
            c->quant.enabled ? "quantized" : "");
@@ -66,7 +82,7 @@ static int config_only(const char *dir, const cli_model_opts *mo) {
     print_bytes("resident weights", res);
     print_bytes("bytes per expert", expert);
     print_bytes("all experts", expert * n_moe * c->n_experts);
-    print_bytes("KV cache", kv);
+    print_bytes("KV cache + state", kv);
     int32_t cap = c->n_experts;
     if (mo->capacity > 0) cap = mo->capacity;
     else if (mo->mem_limit > 0) {
