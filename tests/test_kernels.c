@@ -111,7 +111,7 @@ static float *rand_vec(int64_t n) {
 
 /* ---- checks ----------------------------------------------------------------------------- */
 
-static const char *g_paths[] = {"scalar", "avx2", "avx512", "neon"};
+static const char *g_paths[] = {"scalar", "avx2", "avx512", "avx512vnni", "neon"};
 static fm__pool *g_pool[4]; /* index = thread count (1..3) */
 
 /* Condition of each output: sum |w||x| plus, for affine weights, sum_g |bias_g| sum |x|
@@ -250,20 +250,25 @@ static void test_path(const char *path) {
             int bits = bits_list[bi], g = groups[gi];
             fm__dtype sdt = sdts[(bi + gi) % 3];
             int64_t cols = (int64_t)g * (gi == 0 ? 7 : 3); /* 224, 192, 384: odd group counts */
+            if (bi == 2 && gi == 0) cols = 320; /* Q4 g32 in whole 64-column chunks */
             tmat m;
             tmat_make(&m, FM_W_QAFFINE, 11, cols, bits, g, sdt);
             snprintf(what, sizeof what, "Q%d g%d %s 11x%lld", bits, g, fm__dtype_name(sdt), (long long)cols);
             check_mat(path, &m.m, what);
             tmat_free(&m);
         }
-    for (size_t bi = 0; bi < FM_ARRAY_LEN(bits_list); bi++) {
-        int bits = bits_list[bi];
-        tmat m;
-        tmat_make(&m, FM_W_QAFFINE, 263, 2048, bits, 64, FM_DT_BF16);
-        snprintf(what, sizeof what, "Q%d g64 BF16 263x2048", bits);
-        check_mat(path, &m.m, what);
-        tmat_free(&m);
-    }
+    /* large enough to be split over threads; 4 and 8 bits with every group size */
+    for (size_t bi = 0; bi < FM_ARRAY_LEN(bits_list); bi++)
+        for (size_t gi = 0; gi < 3; gi++) {
+            int bits = bits_list[bi], g = groups[gi];
+            if (bits != 4 && bits != 8 && g != 64) continue;
+            fm__dtype sdt = sdts[(bi + gi + 1) % 3];
+            tmat m;
+            tmat_make(&m, FM_W_QAFFINE, 263, 2048, bits, g, sdt);
+            snprintf(what, sizeof what, "Q%d g%d %s 263x2048", bits, g, fm__dtype_name(sdt));
+            check_mat(path, &m.m, what);
+            tmat_free(&m);
+        }
 }
 
 /* ---- thread pool ----------------------------------------------------------------------- */

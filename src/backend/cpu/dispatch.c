@@ -9,7 +9,13 @@
 #include <pthread.h>
 #include <string.h>
 
-typedef struct { const char *name; fm__rows_fn fn; int (*avail)(void); } kpath;
+typedef struct {
+    const char *name;
+    fm__rows_fn fn;
+    int (*avail)(void);
+    /* 4-bit affine activation digits (fm__kargs.xq), or NULL */
+    void (*xq_prep)(const float *x, int64_t cols, int8_t *xq, float *s);
+} kpath;
 
 static int avail_yes(void) { return 1; }
 #if defined(__x86_64__) || defined(__i386__)
@@ -24,20 +30,23 @@ static int avail_avx512(void) {
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512dq");
 }
+static int avail_avx512vnni(void) {
+    return avail_avx512() && __builtin_cpu_supports("avx512vnni");
+}
 #endif
 
 /* Best first. */
 static const kpath g_paths[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx512", fm__rows_avx512, avail_avx512},
-    {"avx2", fm__rows_avx2, avail_avx2},
+    {"avx512vnni", fm__rows_avx512vnni, avail_avx512vnni, fm__xq_prep_avx512},
+    {"avx512", fm__rows_avx512, avail_avx512, NULL},
+    {"avx2", fm__rows_avx2, avail_avx2, NULL},
 #endif
 #if defined(__aarch64__)
-    {"neon", fm__rows_neon, avail_yes},
+    {"neon", fm__rows_neon, avail_yes, NULL},
 #endif
-    {"scalar", fm__rows_scalar, avail_yes},
+    {"scalar", fm__rows_scalar, avail_yes, NULL},
 };
-
 static const kpath *g_cur;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -68,15 +77,16 @@ int fm__kernel_force(const char *path) {
 typedef struct {
     fm__rows_fn fn;
     const fm__mat *W;
-    const float *X, *xs;
+    const float *X;
     float *Y;
-    int64_t ldx, n, ldy, ldxs, rows_per_task;
+    int64_t ldx, n, ldy, rows_per_task;
+    fm__kargs ka;
 } mm_job;
 
 static void mm_task(int64_t t, void *c) {
     const mm_job *j = c;
     int64_t r0 = t * j->rows_per_task, r1 = FM_MIN(j->W->rows, r0 + j->rows_per_task);
-    j->fn(j->W, r0, r1, j->X, j->ldx, j->n, j->Y, j->ldy, j->xs, j->ldxs);
+    j->fn(j->W, r0, r1, j->X, j->ldx, j->n, j->Y, j->ldy, &j->ka);
 }
 
 /* Splits rows over the pool (serially for small work). */
@@ -84,7 +94,7 @@ static void run_rows(fm__pool *p, mm_job *j) {
     int nt = fm__pool_size(p);
     uint64_t work = fm__mat_data_bytes(j->W) + (uint64_t)j->n * (uint64_t)j->W->rows * 64;
     if (nt <= 1 || work < (64u << 10) || j->W->rows < 2) {
-        j->fn(j->W, 0, j->W->rows, j->X, j->ldx, j->n, j->Y, j->ldy, j->xs, j->ldxs);
+        j->fn(j->W, 0, j->W->rows, j->X, j->ldx, j->n, j->Y, j->ldy, &j->ka);
         return;
     }
     int64_t ntask = (int64_t)nt * 8;
@@ -94,13 +104,17 @@ static void run_rows(fm__pool *p, mm_job *j) {
     fm__pool_run(p, (j->W->rows + rpt - 1) / rpt, mm_task, j);
 }
 
-#define XS_STACK 4096 /* floats of group sums kept on the stack per chunk of batch rows */
+/* Per-call buffers live on the caller's stack (no allocation): batch rows are taken in
+ * chunks that fit. Whether a matrix uses the xq kernels depends only on its shape. */
+#define XS_FLOATS FM_XSUM_MAX            /* group sums */
+#define XQ_BYTES (64 * 1024)             /* activation digits + chunk scales */
+#define XQ_ROW_BYTES(cols) ((cols) * 3 + (cols) / 64 * 4)
 
 void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int64_t n,
                 float *Y, int64_t ldy) {
     if (n <= 0 || W->rows <= 0) return;
     const kpath *k = cur_path();
-    mm_job j = {k->fn, W, X, NULL, Y, ldx, n, ldy, 0, 0};
+    mm_job j = {k->fn, W, X, Y, ldx, n, ldy, 0, {0}};
     if (W->type != FM_W_QAFFINE || k->fn == fm__rows_scalar) {
         run_rows(p, &j);
         return;
@@ -111,17 +125,22 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         run_rows(p, &j);
         return;
     }
-    /* Group sums for a chunk of batch rows at a time; the buffer lives on this stack. */
-    float xs[FM_XSUM_MAX > XS_STACK ? FM_XSUM_MAX : XS_STACK];
-    int64_t per = FM_MAX((int64_t)1, (int64_t)(sizeof xs / sizeof xs[0]) / FM_MAX(ng, (int64_t)1));
+    int use_xq = k->xq_prep && W->bits == 4 && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
+    float xs[XS_FLOATS];
+    _Alignas(64) int8_t xq[XQ_BYTES];
+    int64_t per = XS_FLOATS / ng;
+    if (use_xq) per = FM_MIN(per, XQ_BYTES / XQ_ROW_BYTES(W->cols));
     for (int64_t b0 = 0; b0 < n; b0 += per) {
         int64_t nb = FM_MIN(per, n - b0);
-        for (int64_t b = 0; b < nb; b++) fm__xsum(X + (b0 + b) * ldx, W->cols, W->group, xs + b * ng);
+        float *xqs = use_xq ? (float *)(xq + nb * W->cols * 3) : NULL;
+        for (int64_t b = 0; b < nb; b++) {
+            fm__xsum(X + (b0 + b) * ldx, W->cols, W->group, xs + b * ng);
+            if (use_xq) k->xq_prep(X + (b0 + b) * ldx, W->cols, xq + b * W->cols * 3, xqs + b * (W->cols / 64));
+        }
         j.X = X + b0 * ldx;
         j.Y = Y + b0 * ldy;
         j.n = nb;
-        j.xs = xs;
-        j.ldxs = ng;
+        j.ka = (fm__kargs){xs, ng, use_xq ? xq : NULL, W->cols * 3, xqs, W->cols / 64};
         run_rows(p, &j);
     }
 }

@@ -7,25 +7,38 @@
 #include "backend/backend.h"
 #include <stdint.h>
 
-/* Computes Y[b*ldy + r] = sum_c W[r][c] * X[b*ldx + c] for r in [r0, r1), b in [0, n).
- * xs: for FM_W_QAFFINE on SIMD paths, the group sums of X made by fm__xsum (row b at
- * xs + b*ldxs); NULL elsewhere. Each (r, b) result depends only on row r and X row b,
- * never on n, r0/r1 or the thread that runs it. No allocation. */
-typedef void (*fm__rows_fn)(const fm__mat *W, int64_t r0, int64_t r1, const float *X,
-                            int64_t ldx, int64_t n, float *Y, int64_t ldy, const float *xs,
-                            int64_t ldxs);
+/* Per-call preparations of X that some kernels read (made by dispatch.c, row b of each
+ * at base + b*ld). Fields a path does not use are NULL. */
+typedef struct fm__kargs {
+    const float *xs;   /* group sums of X (fm__xsum): FM_W_QAFFINE on the SIMD paths */
+    int64_t ldxs;
+    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep): 4-bit affine */
+    int64_t ldxq;      /*   on the avx512vnni path */
+    const float *xqs;  /* the scale of each 64-column chunk of xq */
+    int64_t ldxqs;
+} fm__kargs;
 
-void fm__rows_scalar(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx,
-                     int64_t n, float *Y, int64_t ldy, const float *xs, int64_t ldxs);
+/* Computes Y[b*ldy + r] = sum_c W[r][c] * X[b*ldx + c] for r in [r0, r1), b in [0, n).
+ * Each (r, b) result depends only on row r and X row b, never on n, r0/r1 or the thread
+ * that runs it. No allocation. */
+typedef void (*fm__rows_fn)(const fm__mat *W, int64_t r0, int64_t r1, const float *X,
+                            int64_t ldx, int64_t n, float *Y, int64_t ldy, const fm__kargs *ka);
+
+#define FM_ROWS_DECL(name)                                                                     \
+    void name(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx, int64_t n, \
+              float *Y, int64_t ldy, const fm__kargs *ka)
+FM_ROWS_DECL(fm__rows_scalar);
 #if defined(__x86_64__) || defined(__i386__)
-void fm__rows_avx2(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx,
-                   int64_t n, float *Y, int64_t ldy, const float *xs, int64_t ldxs);
-void fm__rows_avx512(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx,
-                     int64_t n, float *Y, int64_t ldy, const float *xs, int64_t ldxs);
+FM_ROWS_DECL(fm__rows_avx2);
+FM_ROWS_DECL(fm__rows_avx512);
+FM_ROWS_DECL(fm__rows_avx512vnni);
+/* Writes x[0..cols) (cols % 64 == 0) as xq: per 64-column chunk, 3 x 64 int8 digits
+ * (a, b, c: x ~ (a*65536 + b*256 + c) * s, |m| <= 2^22, the columns of each digit in
+ * the order even then odd) and s[chunk] = 2^(e-22) where 2^e bounds the chunk's |x|. */
+void fm__xq_prep_avx512(const float *x, int64_t cols, int8_t *xq, float *s);
 #endif
 #if defined(__aarch64__)
-void fm__rows_neon(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx,
-                   int64_t n, float *Y, int64_t ldy, const float *xs, int64_t ldxs);
+FM_ROWS_DECL(fm__rows_neon);
 #endif
 
 /* Largest groups-per-row the SIMD quantized paths take (cols/group); wider matrices use the

@@ -75,11 +75,13 @@ AI void dense_rows(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int
 }
 
 /* One weight row of an affine matrix against NB batch rows. BITS: 4, 8, or 0 (any bits,
- * unpacked per group through buf). */
+ * unpacked per group through buf). G: the group size (a constant, so loops unroll). */
 AI void q_nb(const fm__mat *W, int64_t r, const float *X, int64_t ldx, float *Y, int64_t ldy,
-             const float *xs, int64_t ldxs, const int NB, const int BITS) {
-    const int64_t C = W->cols, G = W->group, ng = C / G;
+             const float *xs, int64_t ldxs, const int NB, const int BITS, const int G) {
+    const int64_t C = W->cols, ng = C / G;
     const int32_t bits = W->bits;
+    const fm__dtype sdt = W->sdt;
+    const void *scales = W->scales, *biases = W->biases;
     const uint32_t *row32 = (const uint32_t *)W->data + r * (C * bits / 32);
     const uint8_t *row8 = (const uint8_t *)row32;
     vf acc[KB];
@@ -87,13 +89,14 @@ AI void q_nb(const fm__mat *W, int64_t r, const float *X, int64_t ldx, float *Y,
     for (int b = 0; b < NB; b++) acc[b] = VZERO();
     float buf[128] __attribute__((aligned(64)));
     for (int64_t g = 0; g < ng; g++) {
-        const float s = fm__ld_scale(W->scales, W->sdt, r * ng + g);
+        const float s = fm__ld_scale(scales, sdt, r * ng + g);
         const int64_t j0 = g * G;
         vf d0[KB], d1[KB];
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) d0[b] = d1[b] = VZERO();
         if (BITS == 4) {
-            for (int64_t k = 0; k < G; k += 32) {
+#pragma GCC unroll 4
+            for (int k = 0; k < G; k += 32) {
                 vf q[32 / VW];
                 Q4X(row8 + (j0 + k) / 2, q);
 #pragma GCC unroll 8
@@ -107,7 +110,8 @@ AI void q_nb(const fm__mat *W, int64_t r, const float *X, int64_t ldx, float *Y,
                 }
             }
         } else if (BITS == 8) {
-            for (int64_t k = 0; k < G; k += 32) {
+#pragma GCC unroll 4
+            for (int k = 0; k < G; k += 32) {
                 vf q[32 / VW];
                 Q8X(row8 + j0 + k, q);
                 Q8X(row8 + j0 + k + 16, q + 16 / VW);
@@ -122,8 +126,9 @@ AI void q_nb(const fm__mat *W, int64_t r, const float *X, int64_t ldx, float *Y,
                 }
             }
         } else {
-            fm__qunpack(row32, bits, j0, (int)G, buf);
-            for (int64_t k = 0; k < G; k += 2 * VW) {
+            fm__qunpack(row32, bits, j0, G, buf);
+#pragma GCC unroll 8
+            for (int k = 0; k < G; k += 2 * VW) {
                 vf q0 = VLOAD(buf + k), q1 = VLOAD(buf + k + VW);
 #pragma GCC unroll 4
                 for (int b = 0; b < NB; b++) {
@@ -141,42 +146,59 @@ AI void q_nb(const fm__mat *W, int64_t r, const float *X, int64_t ldx, float *Y,
     for (int b = 0; b < NB; b++) {
         float bs = 0;
         const float *xsb = xs + b * ldxs;
-        for (int64_t g = 0; g < ng; g++) bs += fm__ld_scale(W->biases, W->sdt, r * ng + g) * xsb[g];
+        for (int64_t g = 0; g < ng; g++) bs += fm__ld_scale(biases, sdt, r * ng + g) * xsb[g];
         Y[b * ldy] = VHSUM(acc[b]) + bs;
     }
 }
 
 AI void q_rows(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx, int64_t n,
-               float *Y, int64_t ldy, const float *xs, int64_t ldxs, const int BITS) {
+               float *Y, int64_t ldy, const float *xs, int64_t ldxs, const int BITS, const int G) {
     for (int64_t r = r0; r < r1; r++) {
         int64_t b = 0;
         for (; b + KB <= n; b += KB)
-            q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, KB, BITS);
+            q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, KB, BITS, G);
         switch (n - b) {
-        case 1: q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, 1, BITS); break;
-        case 2: q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, 2, BITS); break;
-        case 3: q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, 3, BITS); break;
+        case 1: q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, 1, BITS, G); break;
+        case 2: q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, 2, BITS, G); break;
+        case 3: q_nb(W, r, X + b * ldx, ldx, Y + b * ldy + r, ldy, xs + b * ldxs, ldxs, 3, BITS, G); break;
         default: break;
         }
     }
 }
 
-void ROWS_FN(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx, int64_t n,
-             float *Y, int64_t ldy, const float *xs, int64_t ldxs) {
+/* Dispatches on the group size, so that G is a constant inside the kernels. */
+AI void q_rows_g(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx, int64_t n,
+                 float *Y, int64_t ldy, const float *xs, int64_t ldxs, const int BITS) {
+    switch (W->group) {
+    case 32: q_rows(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, BITS, 32); break;
+    case 64: q_rows(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, BITS, 64); break;
+    default: q_rows(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, BITS, 128); break;
+    }
+}
+
+/* The template's entry point (a file may wrap it with faster special cases). */
+static void rows_tmpl(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx, int64_t n,
+                      float *Y, int64_t ldy, const fm__kargs *ka) {
+    const float *xs = ka ? ka->xs : NULL;
+    int64_t ldxs = ka ? ka->ldxs : 0;
     switch (W->type) {
     case FM_W_F32: dense_rows(W, r0, r1, X, ldx, n, Y, ldy, T_F32); break;
     case FM_W_BF16: dense_rows(W, r0, r1, X, ldx, n, Y, ldy, T_BF16); break;
     case FM_W_F16: dense_rows(W, r0, r1, X, ldx, n, Y, ldy, T_F16); break;
     case FM_W_QAFFINE:
-        if (W->group % 32 != 0 || W->group > 128) { /* not an MLX group size: reference */
-            fm__rows_scalar(W, r0, r1, X, ldx, n, Y, ldy, NULL, 0);
+        if (W->group != 32 && W->group != 64 && W->group != 128) { /* not an MLX group: reference */
+            fm__rows_scalar(W, r0, r1, X, ldx, n, Y, ldy, NULL);
         } else if (W->bits == 4) {
-            q_rows(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, 4);
+            q_rows_g(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, 4);
         } else if (W->bits == 8) {
-            q_rows(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, 8);
+            q_rows_g(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, 8);
         } else {
-            q_rows(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, 0);
+            q_rows_g(W, r0, r1, X, ldx, n, Y, ldy, xs, ldxs, 0);
         }
         break;
     }
 }
+
+#ifndef ROWS_CUSTOM
+FM_ROWS_DECL(ROWS_FN) { rows_tmpl(W, r0, r1, X, ldx, n, Y, ldy, ka); }
+#endif

@@ -1,8 +1,11 @@
-/* kernels_avx512.c: the AVX-512 (F/BW/VL/DQ) kernel path, 16 lanes. Built with AVX-512
- * flags by the Makefile and used only when cpuid reports the features (dispatch.c).
- * The kernels themselves are in kern_tmpl.h. */
+/* kernels_avx512.c: the AVX-512 kernel paths, 16 lanes: "avx512" (F/BW/VL/DQ: the
+ * kern_tmpl.h kernels) and "avx512vnni" (the same plus an integer 4-bit affine kernel).
+ * Built with AVX-512 flags by the Makefile and used only when cpuid reports the features
+ * (dispatch.c). */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #define VW 16
 typedef __m512 vf;
@@ -30,3 +33,143 @@ static inline __attribute__((always_inline)) void Q8X(const uint8_t *p, vf *q) {
 
 #define ROWS_FN fm__rows_avx512
 #include "backend/cpu/kern_tmpl.h"
+
+/* ---- 4-bit affine with AVX512-VNNI ------------------------------------------------------
+ * The activations are written once per call as three int8 digits per 64-column chunk
+ * (fm__xq_prep_avx512: x ~ (a*2^16 + b*2^8 + c) * s with |a*2^16 + b*2^8 + c| <= 2^22, so
+ * x is kept to 23 significant bits relative to the chunk's largest |x|). Each weight byte
+ * chunk (32 bytes = 64 values) becomes one vector of 64 unsigned bytes (low nibbles, then
+ * high nibbles: even then odd columns, the order the digits are stored in), and
+ * vpdpbusd gives exact integer dot products, combined as ((a.q << 8) + b.q << 8) + c.q
+ * (at most 2^28 in magnitude), converted to float once per chunk and scaled by
+ * scale_g * s. The bias term is sum_g bias_g * xsum_g as on the other paths. */
+
+void fm__xq_prep_avx512(const float *x, int64_t cols, int8_t *xq, float *s) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i c128 = _mm512_set1_epi32(128), c255 = _mm512_set1_epi32(255);
+    for (int64_t c = 0; c < cols / 64; c++) {
+        const float *p = x + c * 64;
+        __m512 x0 = _mm512_loadu_ps(p), x1 = _mm512_loadu_ps(p + 16);
+        __m512 x2 = _mm512_loadu_ps(p + 32), x3 = _mm512_loadu_ps(p + 48);
+        __m512 m = _mm512_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)),
+                                 _mm512_max_ps(_mm512_abs_ps(x2), _mm512_abs_ps(x3)));
+        float amax = _mm512_reduce_max_ps(m);
+        int8_t *o = xq + c * 192;
+        if (!(amax <= 3.0e38f) || amax == 0) { /* Inf/NaN (propagated through s) or zeros */
+            memset(o, 0, 192);
+            s[c] = amax == 0 ? 0.0f : NAN;
+            continue;
+        }
+        int e;
+        frexpf(amax, &e); /* amax < 2^e */
+        s[c] = ldexpf(1.0f, e - 22);
+        __m512 k = _mm512_set1_ps((float)(22 - e));
+        /* even columns of the chunk, then odd */
+        __m512 v[4] = {_mm512_permutex2var_ps(x0, ev, x1), _mm512_permutex2var_ps(x2, ev, x3),
+                       _mm512_permutex2var_ps(x0, od, x1), _mm512_permutex2var_ps(x2, od, x3)};
+        for (int i = 0; i < 4; i++) {
+            __m512i q = _mm512_cvtps_epi32(_mm512_scalef_ps(v[i], k)); /* exact scaling, round */
+            __m512i lo = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q, c128), c255), c128);
+            q = _mm512_srai_epi32(_mm512_sub_epi32(q, lo), 8);
+            __m512i mid = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q, c128), c255), c128);
+            __m512i hi = _mm512_srai_epi32(_mm512_sub_epi32(q, mid), 8);
+            _mm_storeu_si128((__m128i *)(o + i * 16), _mm512_cvtepi32_epi8(hi));
+            _mm_storeu_si128((__m128i *)(o + 64 + i * 16), _mm512_cvtepi32_epi8(mid));
+            _mm_storeu_si128((__m128i *)(o + 128 + i * 16), _mm512_cvtepi32_epi8(lo));
+        }
+    }
+}
+
+/* Scale vector of 64-column chunk c for group size G: lanes follow the digit order (lanes
+ * 0-7 even columns 0..62, lanes 8-15 odd columns 1..63, 8 columns per lane). */
+static inline __attribute__((always_inline)) __m512 chunk_scales(const void *scales, fm__dtype sdt,
+                                                                  int64_t base, int64_t c, const int G) {
+    if (G == 128) return _mm512_set1_ps(fm__ld_scale(scales, sdt, base + c / 2));
+    if (G == 64) return _mm512_set1_ps(fm__ld_scale(scales, sdt, base + c));
+    float a = fm__ld_scale(scales, sdt, base + 2 * c), b = fm__ld_scale(scales, sdt, base + 2 * c + 1);
+    __m256 h = _mm256_setr_ps(a, a, a, a, b, b, b, b);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1);
+}
+
+/* sum_g bias_g * xs[g], vectorized (fixed order: 16 lanes, then the lane sum). */
+static inline __attribute__((always_inline)) float bias_dot(const void *biases, fm__dtype sdt, int64_t base,
+                                                            const float *xs, int64_t ng) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g += 16) {
+        __mmask16 k = ng - g >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ng - g)) - 1);
+        __m512 bv;
+        if (sdt == FM_DT_BF16)
+            bv = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, (const uint16_t *)biases + base + g)), 16));
+        else if (sdt == FM_DT_F16)
+            bv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, (const uint16_t *)biases + base + g));
+        else
+            bv = _mm512_maskz_loadu_ps(k, (const float *)biases + base + g);
+        acc = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(k, xs + g), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static inline __attribute__((always_inline)) void q4v_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy,
+                                                         const fm__kargs *ka, int64_t b0, const int NB,
+                                                         const int G) {
+    const int64_t C = W->cols, nc = C / 64, ng = C / G;
+    const fm__dtype sdt = W->sdt;
+    const void *scales = W->scales;
+    const uint8_t *row = (const uint8_t *)W->data + r * (C / 2);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const int8_t *xq[KB];
+    const float *xqs[KB];
+    __m512 acc[KB];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++) {
+        xq[b] = ka->xq + (b0 + b) * ka->ldxq;
+        xqs[b] = ka->xqs + (b0 + b) * ka->ldxqs;
+        acc[b] = _mm512_setzero_ps();
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(row + c * 32));
+        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+        __m512 sw = chunk_scales(scales, sdt, r * ng, c, G);
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) {
+            const int8_t *p = xq[b] + c * 192;
+            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(p));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 64));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 128));
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sw, _mm512_set1_ps(xqs[b][c])), acc[b]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++)
+        Y[(b0 + b) * ldy + r] = _mm512_reduce_add_ps(acc[b]) +
+                                bias_dot(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng);
+}
+
+static inline __attribute__((always_inline)) void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
+                                                           float *Y, int64_t ldy, const fm__kargs *ka, const int G) {
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t b = 0;
+        for (; b + KB <= n; b += KB) q4v_nb(W, r, Y, ldy, ka, b, KB, G);
+        switch (n - b) {
+        case 1: q4v_nb(W, r, Y, ldy, ka, b, 1, G); break;
+        case 2: q4v_nb(W, r, Y, ldy, ka, b, 2, G); break;
+        case 3: q4v_nb(W, r, Y, ldy, ka, b, 3, G); break;
+        default: break;
+        }
+    }
+}
+
+FM_ROWS_DECL(fm__rows_avx512vnni) {
+    if (W->type == FM_W_QAFFINE && W->bits == 4 && ka && ka->xq) {
+        switch (W->group) {
+        case 32: q4v_rows(W, r0, r1, n, Y, ldy, ka, 32); return;
+        case 64: q4v_rows(W, r0, r1, n, Y, ldy, ka, 64); return;
+        case 128: q4v_rows(W, r0, r1, n, Y, ldy, ka, 128); return;
+        default: break;
+        }
+    }
+    rows_tmpl(W, r0, r1, X, ldx, n, Y, ldy, ka);
+}

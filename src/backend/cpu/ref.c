@@ -70,9 +70,8 @@ void fm__mat_row(const fm__mat *W, int64_t r, float *out) {
 
 #define REF_NB 8 /* batch rows sharing one pass over a weight row */
 
-void fm__rows_scalar(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx,
-                     int64_t n, float *Y, int64_t ldy, const float *xs, int64_t ldxs) {
-    (void)xs; (void)ldxs;
+FM_ROWS_DECL(fm__rows_scalar) {
+    (void)ka;
     for (int64_t r = r0; r < r1; r++) {
         const void *row = row_ptr(W, r);
         for (int64_t b0 = 0; b0 < n; b0 += REF_NB) {
