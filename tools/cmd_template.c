@@ -3,7 +3,9 @@
  * as transformers' apply_chat_template does and prints the prompt with nothing added.
  * MODEL is any directory holding tokenizer_config.json (chat_template as a string or a list
  * of named templates, "default" used) and/or chat_template.jinja (which wins, as in
- * transformers). bos_token / eos_token come from tokenizer_config.json. */
+ * transformers). The variables are those apply_chat_template passes: messages, tools (null
+ * without --tools-file), documents (null), add_generation_prompt, and the special tokens
+ * (bos/eos/unk/pad_token, additional_special_tokens) from tokenizer_config.json. */
 #include "cli.h"
 #include "common.h"
 #include "template.h"
@@ -101,12 +103,24 @@ int cmd_template(int argc, char **argv) {
         cJSON *tools = read_json(tools_file, "--tools-file");
         if (!tools) goto done;
         cJSON_AddItemToObject(ctx, "tools", tools);
-    }
+    } else cJSON_AddNullToObject(ctx, "tools"); /* transformers passes tools=None */
+    cJSON_AddNullToObject(ctx, "documents");
     cJSON_AddBoolToObject(ctx, "add_generation_prompt", !no_gen);
     const char *keys[] = {"bos_token", "eos_token", "unk_token", "pad_token"};
     for (size_t i = 0; cfg && i < FM_ARRAY_LEN(keys); i++) {
         const char *v = special_token(cfg, keys[i]);
         if (v) cJSON_AddStringToObject(ctx, keys[i], v);
+    }
+    const cJSON *extra = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "additional_special_tokens") : NULL;
+    if (cJSON_IsArray(extra)) { /* part of transformers' special_tokens_map */
+        cJSON *l = cJSON_AddArrayToObject(ctx, "additional_special_tokens");
+        const cJSON *e;
+        cJSON_ArrayForEach(e, extra) {
+            const char *s = cJSON_IsString(e) ? e->valuestring : NULL;
+            const cJSON *c = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "content") : NULL;
+            if (cJSON_IsString(c)) s = c->valuestring;
+            if (s && l) cJSON_AddItemToArray(l, cJSON_CreateString(s));
+        }
     }
     for (int i = 0; i < sets.n; i++) {
         const char *s = sets.items[i], *eq = strchr(s, '=');
