@@ -45,7 +45,7 @@ FM_ROWS_DECL(fm__rows_neon);
  * scalar reference. */
 #define FM_XSUM_MAX 8192
 
-/* xs[g] = sum of x[g*group .. (g+1)*group) in float, in index order (all SIMD paths). */
+/* xs[g] = sum of x[g*group .. (g+1)*group) in float, in a fixed order (all SIMD paths). */
 void fm__xsum(const float *x, int64_t cols, int32_t group, float *xs);
 
 /* Unpacks the `count` quantized integers starting at element j0 of a packed MLX row

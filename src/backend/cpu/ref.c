@@ -33,9 +33,13 @@ void fm__xsum(const float *x, int64_t cols, int32_t group, float *xs) {
     int64_t ng = cols / group;
     for (int64_t g = 0; g < ng; g++) {
         const float *p = x + g * group;
-        float s = 0;
-        for (int32_t k = 0; k < group; k++) s += p[k];
-        xs[g] = s;
+        float s[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* 8 interleaved partial sums (group % 8 == 0) */
+        int32_t k = 0;
+        for (; k + 8 <= group; k += 8)
+            for (int i = 0; i < 8; i++) s[i] += p[k + i];
+        float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+        for (; k < group; k++) t += p[k];
+        xs[g] = t;
     }
 }
 
