@@ -31,7 +31,16 @@ typedef struct stream_ctx {
     server *srv;
     srv_job *job;
     int fd;
+    double last_write;  /* monotonic seconds of the last bytes handed to MHD */
 } stream_ctx;
+
+#define KEEPALIVE_S 10.0 /* SSE comment after this long without output (queue, prefill) */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
@@ -196,9 +205,18 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             j->out_sent += n;
             if (j->out_sent == j->out.n) j->out_sent = j->out.n = 0;
             ret = (ssize_t)n;
+            x->last_write = now_s();
             break;
         }
         if (j->state == JOB_DONE) { ret = MHD_CONTENT_READER_END_OF_STREAM; break; }
+        if (now_s() - x->last_write > KEEPALIVE_S && max >= 16) {
+            /* at an event boundary (the buffer is drained): a comment line, which SSE
+             * clients ignore, keeps proxies and client timeouts from closing the stream */
+            memcpy(buf, ": keep-alive\n\n", 14);
+            x->last_write = now_s();
+            ret = 14;
+            break;
+        }
         struct timespec ts;
         deadline_in(&ts, 100);
         pthread_cond_timedwait(&s->job_cv, &s->mu, &ts);
@@ -232,6 +250,7 @@ static enum MHD_Result run_job(server *s, struct MHD_Connection *c, req_ctx *r, 
         x->srv = s;
         x->job = j;
         x->fd = fd;
+        x->last_write = now_s();
         struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
                                                                       stream_read, x, stream_free);
         if (!resp) { stream_free(x); return MHD_NO; }

@@ -351,6 +351,17 @@ static void run_job(server *s, srv_job *j) {
     srv_emit_end(j);
 }
 
+/* One line per generation on stderr. */
+static void log_job(const srv_job *j, double secs) {
+    static const char *const api[] = {"chat", "completion", "messages"};
+    static const char *const fin[] = {"none", "stop", "stop sequence", "length", "tool calls",
+                                      "cancelled", "error"};
+    fprintf(stderr, "flash-moe: %s%s: prompt %lld tokens (%lld reused), %lld generated, %s, "
+            "%.2f s%s%s\n", api[j->api], j->stream ? " stream" : "", (long long)j->prompt_tokens,
+            (long long)j->reused_tokens, (long long)j->completion_tokens, fin[j->finish], secs,
+            j->finish == FIN_ERROR ? ": " : "", j->finish == FIN_ERROR ? j->err_msg : "");
+}
+
 static void *worker_main(void *arg) {
     server *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -366,7 +377,11 @@ static void *worker_main(void *arg) {
         s->busy = 1;
         s->n_generations++;
         pthread_mutex_unlock(&s->mu);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         run_job(s, j);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        log_job(j, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
         pthread_mutex_lock(&s->mu);
         s->reused_tokens += j->reused_tokens;
         j->state = JOB_DONE;
