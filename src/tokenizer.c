@@ -1801,7 +1801,7 @@ static fm_status load_model(const ld *L, const cJSON *root) {
         } else { st = bad(L, "model.merges", "a merge is neither \"a b\" nor [a, b]"); break; }
         int32_t ia = vocab_get(t, a, al), ib = vocab_get(t, b, bl);
         tmp.n = 0;
-        if (bl < plen) bl = plen;
+        if (bl < plen) { st = bad(L, "model.merges", "merge token shorter than continuing_subword_prefix"); break; }
         if (sb_put(&tmp, a, al) || sb_put(&tmp, b + plen, bl - plen)) { st = nomem(); break; }
         int32_t inew = vocab_get(t, tmp.p, tmp.n);
         if (ia < 0 || ib < 0 || inew < 0) {
@@ -1842,21 +1842,15 @@ static fm_status load_model(const ld *L, const cJSON *root) {
     return FM_OK;
 }
 
-static fm_status load_tokenizer_json(fm__tokenizer *t, const char *dir) {
-    char *path = fm__path_join(dir, "tokenizer.json");
-    if (!path) return nomem();
-    ld L = {path, t};
-    char *txt = NULL;
-    size_t n;
-    cJSON *root = NULL;
-    fm_status st = fm__read_file(path, &txt, &n);
-    if (st) goto out;
-    root = cJSON_ParseWithLength(txt, n);
+/* Parses tokenizer.json text (name: for messages) into t. */
+static fm_status parse_tokenizer_json(fm__tokenizer *t, const char *name, const char *txt, size_t n) {
+    ld L = {name, t};
+    fm_status st = FM_OK;
+    cJSON *root = cJSON_ParseWithLength(txt, n);
     if (!root) {
         const char *ep = cJSON_GetErrorPtr();
-        st = fm__err(FM_ERR_FORMAT, "%s: not valid JSON (near byte %ld)", path,
-                     ep && ep >= txt && ep <= txt + n ? (long)(ep - txt) : -1L);
-        goto out;
+        return fm__err(FM_ERR_FORMAT, "%s: not valid JSON (near byte %ld)", name,
+                       ep && ep >= txt && ep <= txt + n ? (long)(ep - txt) : -1L);
     }
     if (!cJSON_IsObject(root)) { st = bad(&L, "(root)", "expected an object"); goto out; }
     if ((st = load_model(&L, root))) goto out;
@@ -1886,9 +1880,32 @@ static fm_status load_tokenizer_json(fm__tokenizer *t, const char *dir) {
     if ((st = build_set(t, &t->raw_set, 0)) || (st = build_set(t, &t->norm_set, 1))) goto out;
 out:
     cJSON_Delete(root);
+    return st;
+}
+
+static fm_status load_tokenizer_json(fm__tokenizer *t, const char *dir) {
+    char *path = fm__path_join(dir, "tokenizer.json");
+    if (!path) return nomem();
+    char *txt = NULL;
+    size_t n;
+    fm_status st = fm__read_file(path, &txt, &n);
+    if (!st) st = parse_tokenizer_json(t, path, txt, n);
     free(txt);
     free(path);
     return st;
+}
+
+fm_status fm__tok_load_json(const char *json, size_t len, fm__tokenizer **out) {
+    *out = NULL;
+    if (!json) return fm__err(FM_ERR_ARG, "tokenizer: NULL json");
+    byte_tables_init();
+    fm__tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return nomem();
+    t->bos_id = -1;
+    fm_status st = parse_tokenizer_json(t, "tokenizer.json", json, len);
+    if (st) { fm__tok_free(t); return st; }
+    *out = t;
+    return FM_OK;
 }
 
 fm_status fm__tok_load(const char *dir, fm__tokenizer **out) {

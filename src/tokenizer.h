@@ -42,6 +42,9 @@ fm_status fm__tok_stream_push(fm__tok_stream *s, int32_t id, const char **piece,
 fm_status fm__tok_stream_flush(fm__tok_stream *s, const char **piece, size_t *len);
 void fm__tok_stream_free(fm__tok_stream *s);
 
+/* Loads a tokenizer from tokenizer.json text in memory (no config files: no BOS/EOS from
+ * tokenizer_config.json, no chat template). Errors as fm__tok_load. */
+fm_status fm__tok_load_json(const char *json, size_t len, fm__tokenizer **out);
 /* Text of a token id as stored in the vocabulary (added tokens included), or NULL. */
 const char *fm__tok_id_to_piece(const fm__tokenizer *t, int32_t id);
 /* 1 if id is an added token marked special (e.g. <|im_end|>), else 0. */
