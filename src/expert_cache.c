@@ -463,6 +463,59 @@ fm_status fm__ec_fetch(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t
     return FM_OK;
 }
 
+/* Waits (counted as I/O wait) until one of ids[i] with done[i] == 0 is no longer loading;
+ * returns its index, or -1 when all are done. */
+static int32_t wait_one(fm__ecache *c, ec_layer *L, const int32_t *ids, int32_t n,
+                        const uint8_t *done) {
+    double t0 = 0;
+    int waited = 0;
+    int32_t pick = -1;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        int pending = 0;
+        for (int32_t i = 0; i < n && pick < 0; i++) {
+            if (done[i]) continue;
+            pending = 1;
+            int32_t s = L->slot_of[ids[i]];
+            if (s < 0 || slot_state(L, s) != SLOT_LOADING) pick = i;
+        }
+        if (pick >= 0 || !pending) break;
+        if (!waited) t0 = fm__now();
+        waited = 1;
+        pthread_cond_wait(&c->done_cv, &c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (waited) c->io_wait_s += fm__now() - t0;
+    return pick;
+}
+
+fm_status fm__ec_fetch_any(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n,
+                           uint8_t *done, int32_t *which, fm__expert_w *w) {
+    *which = -1;
+    if (!c || layer < 0 || layer >= c->n_layers || n < 0 || (n > 0 && (!ids || !done)))
+        return fm__err(FM_ERR_ARG, "expert cache fetch_any: bad arguments");
+    ec_layer *L = &c->L[layer];
+    int32_t i = wait_one(c, L, ids, n, done);
+    if (i < 0) {
+        L->pend_n = 0; /* the begun request is consumed */
+        return FM_OK;
+    }
+    done[i] = 1;
+    int32_t s = L->slot_of[ids[i]];
+    if (s >= 0 && slot_state(L, s) == SLOT_READY) {
+        *which = i;
+        fm__ec_lookup(c, layer, ids[i], w);
+        return FM_OK;
+    }
+    if (s < 0)
+        return fm__err(FM_ERR_ARG, "expert cache fetch_any: expert %d of MoE layer %d was not "
+                       "begun", ids[i], layer);
+    char msg[sizeof L->jobs[0].err];
+    snprintf(msg, sizeof msg, "%s", L->jobs[s].err);
+    slot_release(L, s);
+    return fm__err(FM_ERR_IO, "%s", msg);
+}
+
 static void fill_view(const fm__ecache *c, const fm__expert_src *src, const uint8_t *base,
                       fm__expert_w *w) {
     const fm__mat_src *m[3] = {&src->gate, &src->up, &src->down};

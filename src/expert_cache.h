@@ -109,6 +109,15 @@ fm_status fm__ec_make_plan(const fm__expert_map *map, uint64_t resident_bytes,
  * begun reads still land in the cache. */
 fm_status fm__ec_fetch_begin(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n);
 
+/* After fm__ec_fetch_begin(layer, ids, n): returns the experts one at a time in the order
+ * they become resident (hits first, then misses as their reads land), so compute overlaps
+ * the remaining reads. done[0..n) starts zeroed; each call sets done[*which] = 1 and fills
+ * *w with expert ids[*which]; *which = -1 once all are done. Views stay valid until the next
+ * fetch / fetch_begin on the layer. FM_ERR_IO (file, offset) if that expert's read failed.
+ * Usage: begin(ids); memset(done); while (fetch_any(..., &i, &w) == FM_OK && i >= 0) run(i). */
+fm_status fm__ec_fetch_any(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n,
+                           uint8_t *done, int32_t *which, fm__expert_w *w);
+
 /* Speculative: queues reads of ids[0..n) of `layer` (non-resident ones, at most what the
  * layer can hold without evicting experts requested by an unfinished fetch) at low
  * priority; counts them as prefetched, not as misses. Does nothing unless prefetching is
