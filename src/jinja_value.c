@@ -348,7 +348,7 @@ static void str_repr(jj_buf *b, const char *s, size_t n) {
 static void print_rec(jj_buf *b, jv v, bool repr, int depth) {
     if (depth > 200) { jj_buf_puts(b, "[...]"); return; }
     switch (v.t) {
-    case JV_UNDEF: break;
+    case JV_UNDEF: if (repr) jj_buf_puts(b, "Undefined"); break;
     case JV_NONE: jj_buf_puts(b, "None"); break;
     case JV_BOOL: jj_buf_puts(b, v.u.i ? "True" : "False"); break;
     case JV_INT: jj_buf_printf(b, "%lld", (long long)v.u.i); break;

@@ -418,6 +418,12 @@ static void lex(P *p) {
                     if (e2) {
                         size_t rl = q - j;
                         if (sg2 == '-') rl = rstrip_len(s + j, rl);
+                        else if (sg2 != '+') { /* lstrip_blocks applies to endraw too */
+                            size_t lpos = 0;
+                            for (size_t z = rl; z > 0; z--)
+                                if (s[j + z - 1] == '\n') { lpos = z; break; }
+                            if ((lpos > 0 || j == 0 || s[j - 1] == '\n') && all_space(s + j + lpos, rl - lpos)) rl = lpos;
+                        }
                         emit_data(p, j, s + j, rl);
                         if (es2 == '-') pos = skip_ws(s, n, e2);
                         else if (es2 == '+') pos = e2;
