@@ -95,6 +95,8 @@ struct srv_job {
     int n_stops;
     char *prefix;               /* assistant text forced before sampling (tool_choice), or NULL */
     int parse_tools;
+    cJSON *tools;               /* the request's tools (OpenAI form), for argument types */
+    int parse_think;            /* split a leading <think>...</think> into reasoning */
     int count_only;             /* count_tokens: no context check */
     /* state, under srv->mu */
     int state, cancel;
@@ -108,6 +110,7 @@ struct srv_job {
     char err_msg[300];
     /* results and pipeline state, worker only until JOB_DONE */
     srv_buf text;               /* non-streaming: content */
+    srv_buf reasoning;          /* non-streaming: reasoning (<think> text) */
     srv_call *calls;
     int n_calls;
     srv_buf acc;                /* stop matcher: text not yet passed on */
@@ -115,10 +118,13 @@ struct srv_job {
     srv_buf tb;                 /* tool parser buffer */
     int in_call;
     srv_buf ws;                 /* held-back whitespace */
+    srv_buf th;                 /* think splitter buffer */
+    int think_state;            /* 0 undecided, 1 inside <think>, 2 past it */
+    int skip_ws;                /* drop whitespace right after </think> */
     int any_text;
     int64_t n_pieces;
     /* streaming emitter state */
-    int blk_open, blk_index, blk_is_text;
+    int blk_open, blk_index, blk_kind; /* blk_kind: 0 text, 1 thinking, 2 tool_use */
 };
 
 /* Creates a job with one reference held by the caller. NULL on allocation failure. */
@@ -165,14 +171,18 @@ const char *srv_unknown_key(const cJSON *obj, const char *const *allowed);
 int srv_pipe_feed(srv_job *j, const char *s, size_t n);
 /* Flushes the pipeline at the end of generation. */
 void srv_pipe_finish(srv_job *j);
-/* Parses one tool call body (the JSON between the tags). On success returns 0 and sets
- * *name and *args (malloc'd; args is compact JSON). */
-int srv_parse_tool_call(const char *s, size_t n, char **name, char **args);
+/* Parses one tool call body (between <tool_call> and </tool_call>): JSON
+ * {"name": ..., "arguments": {...}} (Qwen, Hermes) or XML <function=NAME><parameter=P>
+ * VALUE</parameter></function> (Qwen3-Coder; values typed by the tool's JSON schema in
+ * tools, an OpenAI-form array, when given). On success returns 0 and sets *name and *args
+ * (malloc'd; args is compact JSON). */
+int srv_parse_tool_call(const char *s, size_t n, const cJSON *tools, char **name, char **args);
 
 /* ---- API emitters (called by the worker; they lock srv->mu to append output) ------- */
 
 void srv_emit_start(srv_job *j);
 void srv_emit_text(srv_job *j, const char *s, size_t n);
+void srv_emit_reasoning(srv_job *j, const char *s, size_t n);
 void srv_emit_call(srv_job *j, const char *name, const char *args);
 void srv_emit_end(srv_job *j);
 
@@ -185,6 +195,7 @@ srv_job *srv_openai_completion(server *s, cJSON *req, int *status, char *msg, si
 char *srv_openai_result(srv_job *j);
 char *srv_openai_error(const char *type, const char *msg, const char *param);
 void srv_openai_stream_text(srv_job *j, const char *s, size_t n);
+void srv_openai_stream_reasoning(srv_job *j, const char *s, size_t n);
 void srv_openai_stream_call(srv_job *j, int index, const srv_call *c);
 void srv_openai_stream_start(srv_job *j);
 void srv_openai_stream_end(srv_job *j);
@@ -197,6 +208,7 @@ char *srv_anthropic_result(srv_job *j);
 char *srv_anthropic_error(const char *type, const char *msg);
 void srv_anthropic_stream_start(srv_job *j);
 void srv_anthropic_stream_text(srv_job *j, const char *s, size_t n);
+void srv_anthropic_stream_reasoning(srv_job *j, const char *s, size_t n);
 void srv_anthropic_stream_call(srv_job *j, const srv_call *c);
 void srv_anthropic_stream_end(srv_job *j);
 

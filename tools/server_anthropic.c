@@ -373,6 +373,13 @@ char *srv_anthropic_result(srv_job *j) {
     cJSON_AddStringToObject(o, "role", "assistant");
     cJSON_AddStringToObject(o, "model", j->srv->cfg.model_id);
     cJSON *c = cJSON_AddArrayToObject(o, "content");
+    if (j->reasoning.n) {
+        cJSON *b = cJSON_CreateObject();
+        cJSON_AddStringToObject(b, "type", "thinking");
+        cJSON_AddStringToObject(b, "thinking", j->reasoning.p);
+        cJSON_AddStringToObject(b, "signature", "");
+        cJSON_AddItemToArray(c, b);
+    }
     if (j->text.n) {
         cJSON *b = cJSON_CreateObject();
         cJSON_AddStringToObject(b, "type", "text");
@@ -424,6 +431,15 @@ static cJSON *typed(const char *type) {
 
 static void close_block(srv_job *j) {
     if (!j->blk_open) return;
+    if (j->blk_kind == 1) {
+        /* thinking blocks end with their signature (none here: not Anthropic-signed) */
+        cJSON *s = typed("content_block_delta");
+        cJSON_AddNumberToObject(s, "index", j->blk_index);
+        cJSON *d = cJSON_AddObjectToObject(s, "delta");
+        cJSON_AddStringToObject(d, "type", "signature_delta");
+        cJSON_AddStringToObject(d, "signature", "");
+        event(j, "content_block_delta", s);
+    }
     cJSON *o = typed("content_block_stop");
     cJSON_AddNumberToObject(o, "index", j->blk_index);
     event(j, "content_block_stop", o);
@@ -447,28 +463,35 @@ void srv_anthropic_stream_start(srv_job *j) {
     event(j, "ping", typed("ping"));
 }
 
-void srv_anthropic_stream_text(srv_job *j, const char *s, size_t n) {
-    if (j->blk_open && !j->blk_is_text) close_block(j);
+/* A text (kind 0) or thinking (kind 1) delta, opening a block of that kind if needed. */
+static void block_delta(srv_job *j, int kind, const char *s, size_t n) {
+    const char *type = kind ? "thinking" : "text";
+    if (j->blk_open && j->blk_kind != kind) close_block(j);
     if (!j->blk_open) {
         cJSON *o = typed("content_block_start");
         cJSON_AddNumberToObject(o, "index", j->blk_index);
         cJSON *b = cJSON_AddObjectToObject(o, "content_block");
-        cJSON_AddStringToObject(b, "type", "text");
-        cJSON_AddStringToObject(b, "text", "");
+        cJSON_AddStringToObject(b, "type", type);
+        cJSON_AddStringToObject(b, type, "");
+        if (kind) cJSON_AddStringToObject(b, "signature", "");
         event(j, "content_block_start", o);
         j->blk_open = 1;
-        j->blk_is_text = 1;
+        j->blk_kind = kind;
     }
     char *t = strndup(s, n);
     if (!t) return;
     cJSON *o = typed("content_block_delta");
     cJSON_AddNumberToObject(o, "index", j->blk_index);
     cJSON *d = cJSON_AddObjectToObject(o, "delta");
-    cJSON_AddStringToObject(d, "type", "text_delta");
-    cJSON_AddStringToObject(d, "text", t);
+    cJSON_AddStringToObject(d, "type", kind ? "thinking_delta" : "text_delta");
+    cJSON_AddStringToObject(d, type, t);
     free(t);
     event(j, "content_block_delta", o);
 }
+
+void srv_anthropic_stream_text(srv_job *j, const char *s, size_t n) { block_delta(j, 0, s, n); }
+
+void srv_anthropic_stream_reasoning(srv_job *j, const char *s, size_t n) { block_delta(j, 1, s, n); }
 
 void srv_anthropic_stream_call(srv_job *j, const srv_call *c) {
     close_block(j);
@@ -481,7 +504,7 @@ void srv_anthropic_stream_call(srv_job *j, const srv_call *c) {
     cJSON_AddObjectToObject(b, "input");
     event(j, "content_block_start", o);
     j->blk_open = 1;
-    j->blk_is_text = 0;
+    j->blk_kind = 2;
     /* the input JSON in a few pieces, as the API streams it */
     cJSON *in = tool_input(c->args);
     char *js = cJSON_PrintUnformatted(in);

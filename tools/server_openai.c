@@ -94,6 +94,13 @@ int srv_prepare_prompt(srv_job *j, const fm_chat_msg *msgs, size_t n, const char
         return st == FM_ERR_NOMEM || st == FM_ERR_INTERNAL || st == FM_ERR_IO ? 500 : 400;
     }
     size_t tl = strlen(text);
+    if (j->parse_tools && tools_json && !j->tools) j->tools = cJSON_Parse(tools_json);
+    /* reasoning models: a leading <think>...</think> in the reply is reasoning; a template
+     * that opens the block itself (the prompt ends in <think>) starts the reply inside it */
+    j->parse_think = 1;
+    if ((tl >= 7 && memcmp(text + tl - 7, "<think>", 7) == 0) ||
+        (tl >= 8 && memcmp(text + tl - 8, "<think>\n", 8) == 0))
+        j->think_state = 1;
     if (j->prefix) {
         size_t pl = strlen(j->prefix);
         char *t2 = malloc(tl + pl + 1);
@@ -599,6 +606,7 @@ char *srv_openai_result(srv_job *j) {
         if (j->text.n || !j->n_calls) cJSON_AddStringToObject(m, "content", j->text.p ? j->text.p : "");
         else cJSON_AddNullToObject(m, "content");
         cJSON_AddNullToObject(m, "refusal");
+        if (j->reasoning.n) cJSON_AddStringToObject(m, "reasoning_content", j->reasoning.p);
         if (j->n_calls) cJSON_AddItemToObject(m, "tool_calls", calls_array(j, 0, 1));
         cJSON_AddNullToObject(c, "logprobs");
         cJSON_AddStringToObject(c, "finish_reason", finish_str(j->finish));
@@ -664,6 +672,15 @@ void srv_openai_stream_text(srv_job *j, const char *s, size_t n) {
     } else {
         send_chunk(j, NULL, t, NULL);
     }
+    free(t);
+}
+
+void srv_openai_stream_reasoning(srv_job *j, const char *s, size_t n) {
+    char *t = strndup(s, n);
+    if (!t) return;
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "reasoning_content", t);
+    send_chunk(j, d, NULL, NULL);
     free(t);
 }
 

@@ -148,6 +148,9 @@ static void job_free(srv_job *j) {
     sb_free(&j->acc);
     sb_free(&j->tb);
     sb_free(&j->ws);
+    sb_free(&j->th);
+    sb_free(&j->reasoning);
+    cJSON_Delete(j->tools);
     for (int i = 0; i < j->n_calls; i++) {
         free(j->calls[i].id);
         free(j->calls[i].name);

@@ -56,10 +56,79 @@ static void call_out(srv_job *j, const char *name, const char *args) {
     srv_emit_call(j, name, args);
 }
 
-int srv_parse_tool_call(const char *s, size_t n, char **name, char **args) {
+/* The JSON-schema type of parameter param of tool name, or NULL. */
+static const char *param_type(const cJSON *tools, const char *name, const char *param) {
+    for (const cJSON *t = tools ? tools->child : NULL; t; t = t->next) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(f, "name");
+        if (!cJSON_IsString(nm) || strcmp(nm->valuestring, name) != 0) continue;
+        const cJSON *props = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(f, "parameters"), "properties");
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(props, param), "type");
+        return cJSON_IsString(ty) ? ty->valuestring : NULL;
+    }
+    return NULL;
+}
+
+static int starts(const char *p, const char *end, const char *lit) {
+    size_t l = strlen(lit);
+    return (size_t)(end - p) >= l && memcmp(p, lit, l) == 0;
+}
+
+/* Qwen3-Coder: <function=NAME>\n<parameter=P>\nVALUE\n</parameter>...</function> */
+static int parse_xml_call(const char *s, size_t n, const cJSON *tools, char **name, char **args) {
+    const char *end = s + n, *p = s + 10;
+    const char *gt = memchr(p, '>', (size_t)(end - p));
+    if (!gt || gt == p) return -1;
+    char *nm = strndup(p, (size_t)(gt - p));
+    cJSON *obj = cJSON_CreateObject();
+    if (!nm || !obj) goto fail;
+    p = gt + 1;
+    for (;;) {
+        while (p < end && is_ws(*p)) p++;
+        if (p >= end || starts(p, end, "</function>")) break;
+        if (!starts(p, end, "<parameter=")) goto fail;
+        p += 11;
+        gt = memchr(p, '>', (size_t)(end - p));
+        if (!gt || gt == p) goto fail;
+        char pname[256];
+        if ((size_t)(gt - p) >= sizeof pname) goto fail;
+        memcpy(pname, p, (size_t)(gt - p));
+        pname[gt - p] = 0;
+        p = gt + 1;
+        const char *close = memmem(p, (size_t)(end - p), "</parameter>", 12);
+        if (!close) goto fail;
+        const char *v = p, *ve = close;
+        if (v < ve && *v == '\n') v++;
+        if (ve > v && ve[-1] == '\n') ve--;
+        const char *ty = param_type(tools, nm, pname);
+        cJSON *val = NULL;
+        if (!ty || strcmp(ty, "string") != 0) val = cJSON_ParseWithLength(v, (size_t)(ve - v));
+        if (!val) {
+            char *str = strndup(v, (size_t)(ve - v));
+            val = str ? cJSON_CreateString(str) : NULL;
+            free(str);
+        }
+        if (!val) goto fail;
+        cJSON_DeleteItemFromObjectCaseSensitive(obj, pname);
+        cJSON_AddItemToObject(obj, pname, val);
+        p = close + 12;
+    }
+    *args = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+    if (!*args) { free(nm); return -1; }
+    *name = nm;
+    return 0;
+fail:
+    free(nm);
+    cJSON_Delete(obj);
+    return -1;
+}
+
+int srv_parse_tool_call(const char *s, size_t n, const cJSON *tools, char **name, char **args) {
     *name = *args = NULL;
     while (n > 0 && is_ws(*s)) { s++; n--; }
     while (n > 0 && is_ws(s[n - 1])) n--;
+    if (n > 10 && memcmp(s, "<function=", 10) == 0) return parse_xml_call(s, n, tools, name, args);
     if (n == 0 || s[0] != '{') return -1;
     cJSON *o = cJSON_ParseWithLength(s, n);
     if (!o) return -1;
@@ -115,7 +184,7 @@ static void tool_feed(srv_job *j, const char *s, size_t n) {
         if (!p) return;
         size_t at = (size_t)(p - j->tb.p);
         char *name, *args;
-        if (srv_parse_tool_call(j->tb.p, at, &name, &args) == 0) {
+        if (srv_parse_tool_call(j->tb.p, at, j->tools, &name, &args) == 0) {
             call_out(j, name, args);
             free(name);
             free(args);
@@ -128,9 +197,62 @@ static void tool_feed(srv_job *j, const char *s, size_t n) {
     }
 }
 
+static const char THINK_OPEN[] = "<think>";
+static const char THINK_CLOSE[] = "</think>";
+
+/* Content after the reasoning: the whitespace right after </think> is dropped. */
+static void content_feed(srv_job *j, const char *s, size_t n) {
+    if (j->skip_ws) {
+        while (n > 0 && is_ws(*s)) { s++; n--; }
+        if (n == 0) return;
+        j->skip_ws = 0;
+    }
+    tool_feed(j, s, n);
+}
+
+/* Splits a leading <think>...</think> off as reasoning; the rest is content. */
+static void think_feed(srv_job *j, const char *s, size_t n) {
+    if (!j->parse_think || j->think_state == 2) { content_feed(j, s, n); return; }
+    sb_put(&j->th, s, n);
+    if (j->think_state == 0) {
+        size_t k = 0;
+        while (k < j->th.n && is_ws(j->th.p[k])) k++;
+        size_t rest = j->th.n - k, ol = sizeof THINK_OPEN - 1;
+        if (rest >= ol && memcmp(j->th.p + k, THINK_OPEN, ol) == 0) {
+            consume(&j->th, k + ol);
+            j->think_state = 1;
+        } else if (rest < ol && memcmp(j->th.p + k, THINK_OPEN, rest) == 0) {
+            return; /* could still become <think> */
+        } else {
+            j->think_state = 2;
+            srv_buf b = j->th;
+            memset(&j->th, 0, sizeof j->th);
+            content_feed(j, b.p, b.n);
+            sb_free(&b);
+            return;
+        }
+    }
+    char *p = j->th.n ? memmem(j->th.p, j->th.n, THINK_CLOSE, sizeof THINK_CLOSE - 1) : NULL;
+    if (p) {
+        size_t at = (size_t)(p - j->th.p);
+        if (at) srv_emit_reasoning(j, j->th.p, at);
+        consume(&j->th, at + sizeof THINK_CLOSE - 1);
+        j->think_state = 2;
+        j->skip_ws = 1;
+        srv_buf b = j->th;
+        memset(&j->th, 0, sizeof j->th);
+        if (b.n) content_feed(j, b.p, b.n);
+        sb_free(&b);
+        return;
+    }
+    size_t hold = partial_suffix(j->th.p ? j->th.p : "", j->th.n, THINK_CLOSE);
+    if (j->th.n > hold) srv_emit_reasoning(j, j->th.p, j->th.n - hold);
+    consume(&j->th, j->th.n - hold);
+}
+
 int srv_pipe_feed(srv_job *j, const char *s, size_t n) {
     if (j->stop_hit) return 1;
-    if (j->n_stops == 0) { tool_feed(j, s, n); return 0; }
+    if (j->n_stops == 0) { think_feed(j, s, n); return 0; }
     sb_put(&j->acc, s, n);
     if (j->acc.oom) return 1;
     size_t best = (size_t)-1;
@@ -140,7 +262,7 @@ int srv_pipe_feed(srv_job *j, const char *s, size_t n) {
         if (p && (size_t)(p - j->acc.p) < best) { best = (size_t)(p - j->acc.p); bi = k; }
     }
     if (bi >= 0) {
-        tool_feed(j, j->acc.p, best);
+        think_feed(j, j->acc.p, best);
         consume(&j->acc, j->acc.n);
         j->stop_hit = 1;
         j->stop_idx = bi;
@@ -151,18 +273,24 @@ int srv_pipe_feed(srv_job *j, const char *s, size_t n) {
         size_t h = partial_suffix(j->acc.p, j->acc.n, j->stops[k]);
         if (h > hold) hold = h;
     }
-    tool_feed(j, j->acc.p, j->acc.n - hold);
+    think_feed(j, j->acc.p, j->acc.n - hold);
     consume(&j->acc, j->acc.n - hold);
     return 0;
 }
 
 void srv_pipe_finish(srv_job *j) {
-    if (j->acc.n) { tool_feed(j, j->acc.p, j->acc.n); consume(&j->acc, j->acc.n); }
+    if (j->acc.n) { think_feed(j, j->acc.p, j->acc.n); consume(&j->acc, j->acc.n); }
+    if (j->th.n) {
+        /* unfinished reasoning stays reasoning; an undecided start is content */
+        if (j->think_state == 1) srv_emit_reasoning(j, j->th.p, j->th.n);
+        else content_feed(j, j->th.p, j->th.n);
+        consume(&j->th, j->th.n);
+    }
     if (!j->parse_tools) return;
     if (j->in_call) {
         char *name, *args;
         /* a call the model did not close (EOS or a stop sequence right after the JSON) */
-        if (j->finish != FIN_LENGTH && srv_parse_tool_call(j->tb.p, j->tb.n, &name, &args) == 0) {
+        if (j->finish != FIN_LENGTH && srv_parse_tool_call(j->tb.p, j->tb.n, j->tools, &name, &args) == 0) {
             call_out(j, name, args);
             free(name);
             free(args);
@@ -192,6 +320,13 @@ void srv_emit_text(srv_job *j, const char *s, size_t n) {
     if (!j->stream) { sb_put(&j->text, s, n); return; }
     if (j->api == API_MESSAGES) srv_anthropic_stream_text(j, s, n);
     else srv_openai_stream_text(j, s, n);
+}
+
+void srv_emit_reasoning(srv_job *j, const char *s, size_t n) {
+    if (n == 0) return;
+    if (!j->stream) { sb_put(&j->reasoning, s, n); return; }
+    if (j->api == API_MESSAGES) srv_anthropic_stream_reasoning(j, s, n);
+    else srv_openai_stream_reasoning(j, s, n);
 }
 
 void srv_emit_call(srv_job *j, const char *name, const char *args) {

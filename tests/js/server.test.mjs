@@ -11,6 +11,8 @@ import { startServer } from './server_lib.mjs';
 
 const TOOL_TEXT = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lyon"}}\n</tool_call>';
 const STOP_TEXT = 'Hello world. The answer is 42. Goodbye.';
+// a reasoning model's reply with a Qwen3-Coder (XML) tool call
+const THINK_TEXT = '<think>\nThe user wants the weather.\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>';
 const KEY = 'sk-test-0123456789';
 
 const WEATHER_OA = {
@@ -18,7 +20,7 @@ const WEATHER_OA = {
   function: {
     name: 'get_weather',
     description: 'Current weather of a city',
-    parameters: { type: 'object', properties: { city: { type: 'string' }, unit: { type: 'string' } }, required: ['city'] },
+    parameters: { type: 'object', properties: { city: { type: 'string' }, unit: { type: 'string' }, days: { type: 'integer' } }, required: ['city'] },
   },
 };
 const WEATHER_AN = {
@@ -27,21 +29,22 @@ const WEATHER_AN = {
   input_schema: WEATHER_OA.function.parameters,
 };
 
-let real, tool, stop, keyed;
+let real, tool, stop, keyed, think;
 const oa = (srv, apiKey = 'none') => new OpenAI({ baseURL: `${srv.url}/v1`, apiKey, maxRetries: 0 });
 const an = (srv, apiKey = 'none') => new Anthropic({ baseURL: srv.url, apiKey, maxRetries: 0 });
 
 before(async () => {
-  [real, tool, stop, keyed] = await Promise.all([
+  [real, tool, stop, keyed, think] = await Promise.all([
     startServer(['--max-tokens', '64']),
     startServer(['--force-completion', TOOL_TEXT]),
     startServer(['--force-completion', STOP_TEXT]),
     startServer(['--api-key', KEY, '--force-completion', STOP_TEXT]),
+    startServer(['--force-completion', THINK_TEXT]),
   ]);
 });
 
 after(async () => {
-  for (const s of [real, tool, stop, keyed]) {
+  for (const s of [real, tool, stop, keyed, think]) {
     if (!s) continue;
     const r = await s.stop();
     assert.equal(r.code, 0, `server exited with ${r.code ?? r.sig}:\n${s.stderr().slice(-3000)}`);
@@ -298,4 +301,41 @@ test('errors surface as the clients\' typed exceptions', async () => {
   assert.equal(ok.type, 'message');
   const ok2 = await oa(keyed, KEY).chat.completions.create({ model: 'm', max_tokens: 3, messages: [{ role: 'user', content: 'x' }] });
   assert.equal(ok2.object, 'chat.completion');
+});
+
+test('reasoning and Qwen3-Coder XML tool calls', async () => {
+  const msgs = [{ role: 'user', content: 'Weather in Paris for 3 days?' }];
+  const r = await oa(think).chat.completions.create({ model: 'm', messages: msgs, tools: [WEATHER_OA] });
+  const m = r.choices[0].message;
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  assert.equal(m.reasoning_content.trim(), 'The user wants the weather.');
+  assert.equal(m.content, null);
+  assert.equal(m.tool_calls[0].function.name, 'get_weather');
+  // typed by the tool's schema: city is a string, days an integer
+  assert.deepEqual(JSON.parse(m.tool_calls[0].function.arguments), { city: 'Paris', days: 3 });
+  // streaming: reasoning deltas, then the call
+  const s = await oa(think).chat.completions.create({ model: 'm', messages: msgs, tools: [WEATHER_OA], stream: true });
+  let reasoning = '', args = '', content = '';
+  for await (const ch of s) {
+    const d = ch.choices[0]?.delta ?? {};
+    reasoning += d.reasoning_content ?? '';
+    content += d.content ?? '';
+    for (const tc of d.tool_calls ?? []) args += tc.function?.arguments ?? '';
+  }
+  assert.equal(reasoning.trim(), 'The user wants the weather.');
+  assert.equal(content, '');
+  assert.deepEqual(JSON.parse(args), { city: 'Paris', days: 3 });
+  // Anthropic: a thinking block, then tool_use, in both forms
+  const a = await an(think).messages.create({ model: 'm', max_tokens: 300, tools: [WEATHER_AN], messages: msgs });
+  assert.deepEqual(a.content.map((b) => b.type), ['thinking', 'tool_use']);
+  assert.equal(a.content[0].thinking.trim(), 'The user wants the weather.');
+  assert.deepEqual(a.content[1].input, { city: 'Paris', days: 3 });
+  assert.equal(a.stop_reason, 'tool_use');
+  const fm = await an(think).messages.stream({ model: 'm', max_tokens: 300, tools: [WEATHER_AN], messages: msgs }).finalMessage();
+  assert.deepEqual(fm.content.map((b) => b.type), ['thinking', 'tool_use']);
+  assert.equal(fm.content[0].thinking, a.content[0].thinking);
+  assert.deepEqual(fm.content[1].input, { city: 'Paris', days: 3 });
+  // without tools, the call stays text after the reasoning
+  const plain = await oa(think).chat.completions.create({ model: 'm', messages: msgs });
+  assert.match(plain.choices[0].message.content, /^<tool_call>\n<function=get_weather>/);
 });
