@@ -268,6 +268,7 @@ FEATURES = [
     ("length_unicode", "{{ s | length }} {{ s[1] }} {{ s | reverse }} {{ s | upper }}", {"s": "añ😀z"}),
     ("whitespace_expr_inline", "<{{- ' a ' -}}>\n  <{{ ' b ' }}>  \n{%- if true %} c {% endif -%}\n d", {}),
     ("trailing_block_newline", "{% for i in [1, 2] %}\n{{ i }}\n{% endfor %}\n", {}),
+    ("markup_plus", "{{ '<a>' + ('<b>' | safe) }} {{ ('<b>' | safe) + '<c>' }} {{ ('<x>' | e) | e }} {{ '<' ~ ('&' | safe) }} {{ ('<' | e) + '>' }}", {}),
     ("raise_exception", "{% if x %}{{ raise_exception('Bad input: ' ~ x) }}{% endif %}ok", {"x": "boom"}),
     ("undefined_attr_error", "{{ nope.attr }}", {}),
     ("none_iter_error", "{% for x in n %}{% endfor %}", {"n": None}),

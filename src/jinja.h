@@ -40,6 +40,7 @@ typedef enum {
 } jv_type;
 
 enum { JL_TUPLE = 1, JL_GEN = 2 }; /* list flags: a tuple; a one-shot iterator */
+enum { JS_MARKUP = 4 };           /* string flag: markupsafe.Markup (from |safe, |e) */
 
 typedef struct jv_list jv_list;
 typedef struct jv_dict jv_dict;

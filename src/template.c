@@ -1638,6 +1638,20 @@ static jv slice_v(R *r, const node *n, jv obj, jv va, jv vb, jv vs) {
     return undef_msg(r, "'%s object' is not subscriptable", jv_type_name(obj));
 }
 
+static jv html_escape(R *r, jv s) {
+    jj_buf b = {.a = &r->a, .limit = OUTPUT_LIMIT};
+    for (size_t i = 0; i < s.u.s.n; i++) {
+        char c = s.u.s.p[i];
+        if (c == '&') jj_buf_puts(&b, "&amp;");
+        else if (c == '<') jj_buf_puts(&b, "&lt;");
+        else if (c == '>') jj_buf_puts(&b, "&gt;");
+        else if (c == '"') jj_buf_puts(&b, "&#34;");
+        else if (c == '\'') jj_buf_puts(&b, "&#39;");
+        else jj_buf_putc(&b, c);
+    }
+    return jv_strref(b.p ? b.p : "", b.n);
+}
+
 /* ---- arithmetic ---- */
 static jv arith(R *r, const node *n, int op, jv a, jv b) {
     if (a.t == JV_UNDEF) fail_undef(r, n, a);
@@ -1684,6 +1698,14 @@ static jv arith(R *r, const node *n, int op, jv a, jv b) {
         }
         case OP_POW: return jv_float(pow(x, y));
         }
+    }
+    if (op == '+' && a.t == JV_STR && b.t == JV_STR && ((a.flags ^ b.flags) & JS_MARKUP)) {
+        /* markupsafe: str + Markup escapes the plain side and gives Markup */
+        jv x = (a.flags & JS_MARKUP) ? a : html_escape(r, a), y = (b.flags & JS_MARKUP) ? b : html_escape(r, b);
+        x.flags = y.flags = 0;
+        jv res = arith(r, n, '+', x, y);
+        res.flags |= JS_MARKUP;
+        return res;
     }
     if (op == '+' && a.t == JV_STR && b.t == JV_STR) {
         char *p = jj_alloc(&r->a, a.u.s.n + b.u.s.n + 1);
@@ -2324,20 +2346,13 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
         }
         return jv_strref(b.p ? b.p : "", b.n);
     }
-    if (!strcmp(f, "string") || !strcmp(f, "safe")) return to_str(r, v);
+    if (!strcmp(f, "string")) return to_str(r, v);
+    if (!strcmp(f, "safe")) { jv s = to_str(r, v); s.flags |= JS_MARKUP; return s; }
     if (!strcmp(f, "e") || !strcmp(f, "escape")) {
-        jv s = to_str(r, v);
-        jj_buf b = {.a = &r->a, .limit = OUTPUT_LIMIT};
-        for (size_t i = 0; i < s.u.s.n; i++) {
-            char c = s.u.s.p[i];
-            if (c == '&') jj_buf_puts(&b, "&amp;");
-            else if (c == '<') jj_buf_puts(&b, "&lt;");
-            else if (c == '>') jj_buf_puts(&b, "&gt;");
-            else if (c == '"') jj_buf_puts(&b, "&#34;");
-            else if (c == '\'') jj_buf_puts(&b, "&#39;");
-            else jj_buf_putc(&b, c);
-        }
-        return jv_strref(b.p ? b.p : "", b.n);
+        if (v.t == JV_STR && (v.flags & JS_MARKUP)) return v;
+        jv s = html_escape(r, to_str(r, v));
+        s.flags |= JS_MARKUP;
+        return s;
     }
     if (!strcmp(f, "trim")) return py_strip(r, n, to_str(r, v), arg(A, 0, "chars"), true, true);
     if (!strcmp(f, "upper")) return case_map(r, to_str(r, v), 1);
