@@ -57,3 +57,12 @@ check "chat turns: none reused, then the conversation prefix reused, none after 
     test "$#" -eq 4 -a "${1:-x}" = 0 -a "${3:-0}" -gt 0 -a "${4:-x}" = 0
 printf 'one\ntwo\n' | "$BIN" chat models/demo -n 4 --temp 0 >/dev/null 2>&1
 check "chat ends at end of input" test $? -eq 0
+# Ctrl-C: once text streams, SIGINT stops generation; the statistics still print
+"$BIN" run models/demo -p "Once upon a time" -n 0 --ignore-eos --stats >"$tmp/e" 2>"$tmp/e.err" &
+pid=$!
+for _ in $(seq 100); do [ -s "$tmp/e" ] && break; sleep 0.1; done
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rc=$?
+check "SIGINT stops run cleanly with finish cancelled (exit $rc)" \
+    bash -c "test $rc -eq 0 && grep -q 'finish cancelled' '$tmp/e.err'"
