@@ -44,6 +44,9 @@ check "run --raw --stats succeeds" test $? -eq 0
 for key in "tokens: prompt" "TTFT" "decode" "hit rate" "RSS" "expert cache" "repetition @" "distinct word 4-grams"; do
     check "--stats prints '$key'" grep -q "$key" "$tmp/c.err"
 done
+"$BIN" run models/demo -p "Once upon a time" -n 30 --ignore-eos --rep-at 10,20 >/dev/null 2>"$tmp/r.err"
+check "--rep-at 10,20 reports repetition at 10 and 20 tokens" \
+    bash -c "grep -q 'repetition @ 10 tokens' '$tmp/r.err' && grep -q 'repetition @ 20 tokens' '$tmp/r.err'"
 check "--stats go to stderr, not stdout" bash -c "! grep -q 'TTFT' '$tmp/c'"
 printf 'Hello there\n/stats\nTell me more\n/reset\nAgain\n/quit\n' |
     "$BIN" chat models/demo -n 8 --temp 0 --stats >"$tmp/d" 2>"$tmp/d.err"
