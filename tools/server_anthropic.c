@@ -232,11 +232,15 @@ static int an_parse(server *s, srv_job *j, cJSON *req, int count_only, int *stat
     if (bad) FAIL(400, "%.60s: extra inputs are not permitted", bad);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(req, "model");
     if (!cJSON_IsString(model)) FAIL(400, "model: field required (a string)");
+    /* thinking maps onto the chat templates' enable_thinking switch (Qwen3 and others);
+     * the reasoning comes back as thinking blocks */
+    const char *extra = NULL;
     const cJSON *th = cJSON_GetObjectItemCaseSensitive(req, "thinking");
     if (th && !cJSON_IsNull(th)) {
         const cJSON *ty = cJSON_GetObjectItemCaseSensitive(th, "type");
-        if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "disabled") != 0)
-            FAIL(400, "thinking: extended thinking is not supported by this server");
+        if (cJSON_IsString(ty) && strcmp(ty->valuestring, "disabled") == 0) extra = "{\"enable_thinking\":false}";
+        else if (cJSON_IsString(ty) && strcmp(ty->valuestring, "enabled") == 0) extra = "{\"enable_thinking\":true}";
+        else FAIL(400, "thinking.type must be \"enabled\" or \"disabled\"");
     }
     if (!count_only) {
         if (srv_sampling(s, req, 1, &j->gp, msg, msg_len, &param)) goto fail;
@@ -277,7 +281,7 @@ static int an_parse(server *s, srv_job *j, cJSON *req, int count_only, int *stat
         }
     }
     if (an_messages(req, &pl, &msgs, &n_msgs, msg, msg_len)) goto fail;
-    int st = srv_prepare_prompt(j, msgs, n_msgs, tools_json, NULL, msg, msg_len);
+    int st = srv_prepare_prompt(j, msgs, n_msgs, tools_json, extra, msg, msg_len);
     if (st) { *status = st; goto fail; }
     free(msgs);
     srv_pool_free(&pl);

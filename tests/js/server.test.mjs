@@ -326,7 +326,7 @@ test('reasoning and Qwen3-Coder XML tool calls', async () => {
   assert.equal(content, '');
   assert.deepEqual(JSON.parse(args), { city: 'Paris', days: 3 });
   // Anthropic: a thinking block, then tool_use, in both forms
-  const a = await an(think).messages.create({ model: 'm', max_tokens: 300, tools: [WEATHER_AN], messages: msgs });
+  const a = await an(think).messages.create({ model: 'm', max_tokens: 300, tools: [WEATHER_AN], messages: msgs, thinking: { type: 'enabled', budget_tokens: 1024 } });
   assert.deepEqual(a.content.map((b) => b.type), ['thinking', 'tool_use']);
   assert.equal(a.content[0].thinking.trim(), 'The user wants the weather.');
   assert.deepEqual(a.content[1].input, { city: 'Paris', days: 3 });

@@ -90,6 +90,7 @@ test('wrong types and missing fields are 400s', async () => {
     { model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], stop_sequences: 'x' },
     { model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], tool_choice: { type: 'any' } },
     { model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], unknown_field: 1 },
+    { model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }], thinking: { type: 'sometimes' } },
   ];
   for (const b of msgs) await expectError(await post(A, '/v1/messages', b), 400, 'anthropic');
   await expectError(await post(A, '/v1/completions', { model: 'm', prompt: 5 }), 400, 'openai');
