@@ -58,3 +58,30 @@ else
     cat "$log"
 fi
 rm -f "$log"
+
+# sampling defaults come from the model's generation_config.json (as transformers reads it):
+# with do_sample and a high temperature, two seeds differ; explicit temperature 0 agrees
+src=${FM_SERVE_MODEL:-${FM_ROOT:-.}/models/demo}
+if [ -f "$src/config.json" ]; then
+    gdir=$(mktemp -d)
+    for f in "$src"/*; do [ "$(basename "$f")" = generation_config.json ] || ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$gdir/"; done
+    echo '{"do_sample": true, "temperature": 5.0, "top_k": 0, "top_p": 1.0}' >"$gdir/generation_config.json"
+    log=$(mktemp)
+    "$BIN" serve "$gdir" --port 0 2>"$log" &
+    pid=$!
+    port=
+    for _ in $(seq 1 200); do
+        port=$(grep -o 'on http://127\.0\.0\.1:[0-9]*' "$log" | grep -o '[0-9]*$')
+        [ -n "$port" ] && break
+        sleep 0.1
+    done
+    gen() { curl -s "http://127.0.0.1:$port/v1/completions" -H 'content-type: application/json' \
+        -d "{\"model\":\"m\",\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"ignore_eos\":true$1}" | grep -o '"text":"[^"]*"'; }
+    check "startup reports the generation_config.json sampling defaults" "grep -q 'temperature 5' \"$log\""
+    a=$(gen ',"seed":1'); b=$(gen ',"seed":2')
+    check "do_sample from generation_config.json: seeds 1 and 2 sample different text" "[ -n \"\$a\" ] && [ \"\$a\" != \"\$b\" ]"
+    a=$(gen ',"seed":1,"temperature":0'); b=$(gen ',"seed":2,"temperature":0')
+    check "temperature 0 in the request overrides it: greedy, seed-independent" "[ -n \"\$a\" ] && [ \"\$a\" = \"\$b\" ]"
+    kill -TERM "$pid"; wait "$pid"
+    rm -rf "$gdir" "$log"
+fi

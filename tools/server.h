@@ -51,6 +51,7 @@ typedef struct server {
     srv_config cfg;
     fm_model *model;
     fm_model_info info;
+    fm_gen_params defaults;     /* sampling defaults: the model's generation_config.json */
     pthread_mutex_t mu;
     pthread_cond_t work_cv;     /* worker waits here for jobs */
     pthread_cond_t job_cv;      /* broadcast whenever any job's state or output changes */

@@ -127,7 +127,7 @@ srv_job *srv_job_new(server *s, int api) {
     j->refs = 1;
     j->created = (long)time(NULL);
     j->stop_idx = -1;
-    fm_gen_params_default(&j->gp);
+    j->gp = s->defaults;
     srv_make_id(j->id, sizeof j->id, api == API_MESSAGES ? "msg_" : api == API_CHAT ? "chatcmpl-" : "cmpl-");
     return j;
 }
