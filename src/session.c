@@ -28,6 +28,7 @@ struct fm_session {
     int logits_ok;
     int32_t snaps[FM__MAX_SNAPS]; /* snapshot positions, ascending */
     int n_snaps;
+    int emulate_recurrent;     /* tests: truncate only to 0 or a snapshot */
     int32_t *eos;
     int n_eos;
     fm__sampler smp;
@@ -84,6 +85,18 @@ static void snapshot(fm_session *s) {
     else fm__clear_err();
 }
 
+/* fm__state_truncate, or its recurrent-state contract when emulated for tests. */
+static fm_status truncate_state(fm_session *s, int32_t n) {
+    if (s->emulate_recurrent && n != 0) {
+        int found = 0;
+        for (int i = 0; i < s->n_snaps; i++) found |= s->snaps[i] == n;
+        if (!found) return fm__err(FM_ERR_UNSUPPORTED, "no snapshot at %d (emulated)", n);
+    }
+    return fm__state_truncate(s->st, n);
+}
+
+void fm__session_emulate_recurrent(fm_session *s, int on) { s->emulate_recurrent = on; }
+
 /* Brings the state back to at most target positions. Attention-only state truncates
  * exactly; recurrent state falls back to the nearest snapshot at or below target, then to
  * an empty state. Returns the resulting position. */
@@ -95,16 +108,16 @@ static fm_status rewind_to(fm_session *s, int32_t target, int32_t *pos_out) {
     }
     s->logits_ok = 0;
     int32_t got = -1;
-    if (fm__state_truncate(s->st, target) == FM_OK) got = target;
+    if (truncate_state(s, target) == FM_OK) got = target;
     else {
         fm__clear_err();
         for (int i = s->n_snaps - 1; i >= 0 && got < 0; i--) {
             if (s->snaps[i] > target) continue;
-            if (fm__state_truncate(s->st, s->snaps[i]) == FM_OK) got = s->snaps[i];
+            if (truncate_state(s, s->snaps[i]) == FM_OK) got = s->snaps[i];
             else fm__clear_err();
         }
         if (got < 0) {
-            if (fm__state_truncate(s->st, 0) == FM_OK) got = 0;
+            if (truncate_state(s, 0) == FM_OK) got = 0;
             else {
                 fm__clear_err();
                 fm__state *ns = NULL;

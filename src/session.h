@@ -21,4 +21,8 @@ int32_t fm__session_n_ctx(const fm_session *s);
  * tokens: the last generated token is processed lazily, by the next call). */
 int32_t fm__session_pos(const fm_session *s);
 
+/* Tests: makes the session treat its state like recurrent state (truncation only to 0 or
+ * to a snapshot position), to exercise the snapshot fallback on attention-only models. */
+void fm__session_emulate_recurrent(fm_session *s, int on);
+
 #endif

@@ -169,6 +169,40 @@ static void test_fixture(const char *name, int full) {
     CHECK(st.reused_tokens == 5 && la && lb && memcmp(la, lb, (size_t)nv * 4) == 0,
           "%s: diverging at token 5 reuses 5 and stays bitwise exact", name);
 
+    /* recurrent-state contract (truncation only to a snapshot, as Qwen3-Next state will
+     * have), emulated on this attention model: the session falls back to the nearest
+     * turn-boundary snapshot and the logits stay bitwise equal to a fresh session's */
+    fm_session *rs = NULL;
+    fm_session_new(m, &rs);
+    fm__session_emulate_recurrent(rs, 1);
+    gp = greedy(6);
+    fm_session_set_tokens(rs, r.tokens, 8);             /* snapshot at 8 (end of prompt) */
+    fm_session_generate(rs, &gp, NULL, NULL, NULL);      /* snapshot at 13 (end of turn) */
+    int32_t rc[32];
+    size_t nrc = 0;
+    held = fm_session_tokens(rs, &nrc);
+    memcpy(rc, held, nrc * 4);
+    for (int i = 0; i < 4; i++) rc[nrc++] = r.tokens[12 + i];
+    int64_t reused[3];
+    int equal = 1;
+    for (int step = 0; step < 3; step++) {
+        if (step == 1) rc[10] = (rc[10] + 7) % r.vocab; /* diverge inside turn 1's answer */
+        if (step == 2) rc[3] = (rc[3] + 7) % r.vocab;   /* diverge before any snapshot */
+        fm_session_set_tokens(rs, rc, nrc);
+        fm_session_stats(rs, &st);
+        reused[step] = st.reused_tokens;
+        fm_session_reset(s2);
+        fm_session_set_tokens(s2, rc, nrc);
+        la = fm_session_logits(rs, &nv);
+        lb = fm_session_logits(s2, &nv);
+        equal &= la && lb && memcmp(la, lb, (size_t)nv * 4) == 0;
+    }
+    CHECK(reused[0] == 13 && reused[1] == 8 && reused[2] == 0 && equal,
+          "%s: snapshot fallback reuses 13 (end of turn), 8 (end of prompt), 0; logits bitwise "
+          "equal to a fresh session (reused %lld, %lld, %lld)", name, (long long)reused[0],
+          (long long)reused[1], (long long)reused[2]);
+    fm_session_free(rs);
+
     /* seeded sampling */
     fm_gen_params sp = greedy(16);
     sp.temperature = 1.0f;
