@@ -10,9 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void on_route(void *user, int32_t layer, const int32_t *ids, int32_t n) {
+    FILE *f = user;
+    fprintf(f, "%d", layer);
+    for (int32_t i = 0; i < n; i++) fprintf(f, " %d", ids[i]);
+    fputc('\n', f);
+}
+
 int main(int argc, char **argv) {
     if (argc < 6) {
-        fprintf(stderr, "usage: bench_cache MODEL CAPACITY WARM DECODE CACHE_DIR [PREFETCH]\n");
+        fprintf(stderr, "usage: bench_cache MODEL CAPACITY WARM DECODE CACHE_DIR [PREFETCH [TRACE]]\n");
         return 2;
     }
     fm_model_params p;
@@ -44,22 +51,53 @@ int main(int argc, char **argv) {
         return 1;
     }
     fm__ec_reset_stats(c);
+    FILE *tf = argc > 7 ? fopen(argv[7], "w") : NULL;
+    if (tf) fm__ec_set_trace(c, on_route, tf);
+    double *tt = calloc((size_t)(n > 0 ? n : 1), sizeof *tt), *tw = calloc((size_t)(n > 0 ? n : 1), sizeof *tw);
     double t0 = fm__now();
     for (int i = 0; i < n; i++) {
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         int32_t t = (int32_t)((r >> 33) % (uint64_t)V);
+        fm__ec_stats2 a, b;
+        fm__ec_get_stats2(c, &a);
+        double t1 = fm__now();
         if (fm__forward(m, s, &t, 1, logits, 0) != FM_OK) {
             fprintf(stderr, "bench_cache: %s\n", fm_last_error());
             return 1;
         }
+        tt[i] = fm__now() - t1;
+        fm__ec_get_stats2(c, &b);
+        tw[i] = b.io_wait_s - a.io_wait_s;
     }
     double dt = fm__now() - t0;
+    if (tf) {
+        fm__ec_set_trace(c, NULL, NULL);
+        fclose(tf);
+    }
+    /* medians: robust to other processes' bursts on a shared machine */
+    double med_t = 0, med_c = 0;
+    if (n > 0) {
+        double *cc = calloc((size_t)n, sizeof *cc);
+        for (int i = 0; i < n; i++) cc[i] = tt[i] - tw[i];
+        for (int i = 0; i < n; i++)
+            for (int j = i + 1; j < n; j++) {
+                if (tt[j] < tt[i]) { double x = tt[i]; tt[i] = tt[j]; tt[j] = x; }
+                if (cc[j] < cc[i]) { double x = cc[i]; cc[i] = cc[j]; cc[j] = x; }
+            }
+        med_t = tt[n / 2];
+        med_c = cc[n / 2];
+        free(cc);
+    }
+    free(tt);
+    free(tw);
     fm__ec_stats2 st;
     fm__ec_get_stats2(c, &st);
     printf("capacity=%d tok_s=%.4f hits=%lld misses=%lld bytes=%lld io_wait_s=%.4f read_gbps=%.3f "
-           "time_s=%.4f prefetched=%lld prefetch_used=%lld rss_peak=%lld cache_bytes=%llu\n",
+           "time_s=%.4f med_tok_s=%.5f med_compute_s=%.5f prefetched=%lld prefetch_used=%lld "
+           "rss_peak=%lld cache_bytes=%llu\n",
            fm__ec_capacity(c), n / dt, (long long)st.hits, (long long)st.misses,
-           (long long)st.bytes_read, st.io_wait_s, st.read_gbps, dt, (long long)st.prefetched,
+           (long long)st.bytes_read, st.io_wait_s, st.read_gbps, dt, med_t, med_c,
+           (long long)st.prefetched,
            (long long)st.prefetch_used, (long long)fm__rss_bytes(1),
            (unsigned long long)fm__ec_bytes(c));
     free(logits);

@@ -8,6 +8,7 @@
 # The driver (scripts/bench_cache.c, linked against BUILD/libflashmoe.a) prefills WARM
 # pseudo-random tokens, then decodes DECODE fresh pseudo-random tokens (teacher forcing).
 #
+# Optional: TRACE=FILE writes the decode routing of the smallest capacity (for replay).
 #   scripts/bench_cache.sh [BUILD]   env: LAYERS (4), WARM (128), DECODE (16),
 #                                    WORK (/tmp/fm_bench_cache), STORE (1 = packed store,
 #                                    0 = checkpoint reads), PREFETCH (0/1), CAPS ("100 50 25 12.5")
@@ -59,22 +60,23 @@ echo "# warm-up prefill $WARM tokens, then $DECODE decoded tokens; prefetch $PRE
 "$BIN" info "$M" --ctx 512 --capacity 8 --cache-dir "" 2>/dev/null | grep -E "^(layers|experts|bytes per expert|all experts|resident)" | sed 's/^/# /'
 nexp=$("$BIN" info "$M" --ctx 512 --capacity 8 --cache-dir "" 2>/dev/null | awk '/^experts/ {print $2+0}')
 
-printf "\n%-10s %7s %8s %8s %9s %9s %9s %8s %7s %9s\n" capacity "tok/s" "hit" "MB/tok" "I/O wait" "compute" "bound" "x bound" "GB/s" "peak RSS"
-printf "%-10s %7s %8s %8s %9s %9s %9s %8s %7s %9s\n" "" "" "rate" "" "ms/tok" "ms/tok" "tok/s" "" "reads" ""
+printf "\n%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %9s\n" capacity "tok/s" "tok/s" "hit" "MB/tok" "I/O wait" "compute" "bound" "x bound" "GB/s" "peak RSS"
+printf "%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %9s\n" "" "mean" "median" "rate" "" "ms/tok" "ms/tok" "tok/s" "" "reads" ""
 compute_s=""
 for pct in $CAPS; do
     cap=$(awk -v n="$nexp" -v p="$pct" 'BEGIN {c = int(n * p / 100); if (c < 8) c = 8; print c}')
-    line=$(FM_NO_WARM=1 "$DRV" "$M" "$cap" "$WARM" "$DECODE" "$CD" "$PREFETCH" 2>&1 | tail -1)
+    line=$(FM_NO_WARM=1 "$DRV" "$M" "$cap" "$WARM" "$DECODE" "$CD" "$PREFETCH" ${TRACE:+"$TRACE"} 2>&1 | tail -1)
     case "$line" in capacity=*) ;; *) echo "$pct%: $line"; continue;; esac
     eval "$line"
-    [ -z "$compute_s" ] && compute_s=$(awk -v t="$time_s" -v w="$io_wait_s" -v n="$DECODE" 'BEGIN {print (t - w) / n}')
+    [ -z "$compute_s" ] && compute_s=$med_compute_s
     awk -v pct="$pct" -v cap="$capacity" -v tps="$tok_s" -v h="$hits" -v m="$misses" -v b="$bytes" \
-        -v n="$DECODE" -v bw="$bw" -v cs="$compute_s" -v w="$io_wait_s" -v t="$time_s" -v g="$read_gbps" \
-        -v rss="$rss_peak" 'BEGIN {
+        -v n="$DECODE" -v bw="$bw" -v cs="$compute_s" -v w="$io_wait_s" -v mt="$med_tok_s" \
+        -v mc="$med_compute_s" -v g="$read_gbps" -v rss="$rss_peak" 'BEGIN {
         bpt = b / n; io = bpt / bw; bound = 1 / (io + cs);
-        printf "%5s%% %3d %7.2f %7.1f%% %8.1f %9.1f %9.1f %9.2f %8.2f %7.2f %6.0f MiB\n", pct, cap, tps,
-               100 * h / (h + m > 0 ? h + m : 1), bpt / 1e6, 1000 * w / n, 1000 * (t - w) / n, bound,
-               bound / tps, g, rss / 1048576 }'
+        printf "%5s%% %3d %7.2f %7.2f %6.1f%% %7.1f %8.1f %8.1f %8.2f %7.2f %6.2f %5.0f MiB\n", pct, cap, tps,
+               1 / mt, 100 * h / (h + m > 0 ? h + m : 1), bpt / 1e6, 1000 * w / n, 1000 * mc, bound,
+               bound * mt, g, rss / 1048576 }'
 done
-echo "# bound = 1 / (bytes per token / disk bandwidth + compute s per token of the 100% run)"
-echo "# x bound = measured time per token / bound time per token (target <= 1.3)"
+echo "# bound = 1 / (bytes per token / disk bandwidth + median compute s per token of the 100% run)"
+echo "# x bound = median time per token / bound time per token (target <= 1.3); compute = time - I/O wait"
+echo "# medians resist other processes' bursts on a shared machine; the mean is shown too"
