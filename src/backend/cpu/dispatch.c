@@ -13,8 +13,8 @@ typedef struct {
     const char *name;
     fm__rows_fn fn;
     int (*avail)(void);
-    /* 4-bit affine activation digits (fm__kargs.xq), or NULL */
-    void (*xq_prep)(const float *x, int64_t cols, int8_t *xq, float *s);
+    /* 4- and 8-bit affine activation digits (fm__kargs.xq), or NULL */
+    void (*xq_prep)(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
 } kpath;
 
 static int avail_yes(void) { return 1; }
@@ -125,7 +125,7 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         run_rows(p, &j);
         return;
     }
-    int use_xq = k->xq_prep && W->bits == 4 && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
+    int use_xq = k->xq_prep && (W->bits == 4 || W->bits == 8) && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
     float xs[XS_FLOATS];
     _Alignas(64) int8_t xq[XQ_BYTES];
     int64_t per = XS_FLOATS / ng;
@@ -135,7 +135,7 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         float *xqs = use_xq ? (float *)(xq + nb * W->cols * 3) : NULL;
         for (int64_t b = 0; b < nb; b++) {
             fm__xsum(X + (b0 + b) * ldx, W->cols, W->group, xs + b * ng);
-            if (use_xq) k->xq_prep(X + (b0 + b) * ldx, W->cols, xq + b * W->cols * 3, xqs + b * (W->cols / 64));
+            if (use_xq) k->xq_prep(X + (b0 + b) * ldx, W->cols, W->bits, xq + b * W->cols * 3, xqs + b * (W->cols / 64));
         }
         j.X = X + b0 * ldx;
         j.Y = Y + b0 * ldy;

@@ -12,8 +12,8 @@
 typedef struct fm__kargs {
     const float *xs;   /* group sums of X (fm__xsum): FM_W_QAFFINE on the SIMD paths */
     int64_t ldxs;
-    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep): 4-bit affine */
-    int64_t ldxq;      /*   on the avx512vnni path */
+    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep): 4- and 8-bit */
+    int64_t ldxq;      /*   affine on the avx512vnni path */
     const float *xqs;  /* the scale of each 64-column chunk of xq */
     int64_t ldxqs;
 } fm__kargs;
@@ -33,9 +33,10 @@ FM_ROWS_DECL(fm__rows_avx2);
 FM_ROWS_DECL(fm__rows_avx512);
 FM_ROWS_DECL(fm__rows_avx512vnni);
 /* Writes x[0..cols) (cols % 64 == 0) as xq: per 64-column chunk, 3 x 64 int8 digits
- * (a, b, c: x ~ (a*65536 + b*256 + c) * s, |m| <= 2^22, the columns of each digit in
- * the order even then odd) and s[chunk] = 2^(e-22) where 2^e bounds the chunk's |x|. */
-void fm__xq_prep_avx512(const float *x, int64_t cols, int8_t *xq, float *s);
+ * (a, b, c: x ~ (a*65536 + b*256 + c) * s, |m| <= 2^22; the columns of each digit in
+ * the order even then odd for bits == 4, in order otherwise) and s[chunk] = 2^(e-22)
+ * where 2^e bounds the chunk's |x|. */
+void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
 #endif
 #if defined(__aarch64__)
 FM_ROWS_DECL(fm__rows_neon);

@@ -34,7 +34,7 @@ static inline __attribute__((always_inline)) void Q8X(const uint8_t *p, vf *q) {
 #define ROWS_FN fm__rows_avx512
 #include "backend/cpu/kern_tmpl.h"
 
-/* ---- 4-bit affine with AVX512-VNNI ------------------------------------------------------
+/* ---- 4- and 8-bit affine with AVX512-VNNI ----------------------------------------------
  * The activations are written once per call as three int8 digits per 64-column chunk
  * (fm__xq_prep_avx512: x ~ (a*2^16 + b*2^8 + c) * s with |a*2^16 + b*2^8 + c| <= 2^22, so
  * x is kept to 23 significant bits relative to the chunk's largest |x|). Each weight byte
@@ -42,11 +42,13 @@ static inline __attribute__((always_inline)) void Q8X(const uint8_t *p, vf *q) {
  * high nibbles: even then odd columns, the order the digits are stored in), and
  * vpdpbusd gives exact integer dot products, combined as ((a.q << 8) + b.q << 8) + c.q
  * (at most 2^28 in magnitude), converted to float once per chunk and scaled by
- * scale_g * s. The bias term is sum_g bias_g * xsum_g as on the other paths. */
+ * scale_g * s. 8-bit weights are the digits as stored (column order). The bias term is
+ * sum_g bias_g * xsum_g as on the other paths. */
 
-void fm__xq_prep_avx512(const float *x, int64_t cols, int8_t *xq, float *s) {
+void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int8_t *xq, float *s) {
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int inter = bits == 4;
     const __m512i c128 = _mm512_set1_epi32(128), c255 = _mm512_set1_epi32(255);
     for (int64_t c = 0; c < cols / 64; c++) {
         const float *p = x + c * 64;
@@ -65,9 +67,14 @@ void fm__xq_prep_avx512(const float *x, int64_t cols, int8_t *xq, float *s) {
         frexpf(amax, &e); /* amax < 2^e */
         s[c] = ldexpf(1.0f, e - 22);
         __m512 k = _mm512_set1_ps((float)(22 - e));
-        /* even columns of the chunk, then odd */
-        __m512 v[4] = {_mm512_permutex2var_ps(x0, ev, x1), _mm512_permutex2var_ps(x2, ev, x3),
-                       _mm512_permutex2var_ps(x0, od, x1), _mm512_permutex2var_ps(x2, od, x3)};
+        /* 4 bits: even columns of the chunk, then odd (the nibble order); 8 bits: in order */
+        __m512 v[4] = {x0, x1, x2, x3};
+        if (inter) {
+            v[0] = _mm512_permutex2var_ps(x0, ev, x1);
+            v[1] = _mm512_permutex2var_ps(x2, ev, x3);
+            v[2] = _mm512_permutex2var_ps(x0, od, x1);
+            v[3] = _mm512_permutex2var_ps(x2, od, x3);
+        }
         for (int i = 0; i < 4; i++) {
             __m512i q = _mm512_cvtps_epi32(_mm512_scalef_ps(v[i], k)); /* exact scaling, round */
             __m512i lo = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q, c128), c255), c128);
@@ -148,6 +155,50 @@ static inline __attribute__((always_inline)) void q4v_nb(const fm__mat *W, int64
                                 bias_dot(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng);
 }
 
+/* 8 bits: the weight bytes are the unsigned digits in column order; the high activation
+ * digit is kept apart (sum q*a up to 2^17, times 2^16 in float) so nothing overflows. */
+static inline __attribute__((always_inline)) void q8v_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy,
+                                                         const fm__kargs *ka, int64_t b0, const int NB,
+                                                         const int G) {
+    const int64_t C = W->cols, nc = C / 64, ng = C / G;
+    const fm__dtype sdt = W->sdt;
+    const void *scales = W->scales;
+    const uint8_t *row = (const uint8_t *)W->data + r * C;
+    const __m512 k16 = _mm512_set1_ps(65536.0f);
+    const int8_t *xq[KB];
+    const float *xqs[KB];
+    __m512 acc[KB];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++) {
+        xq[b] = ka->xq + (b0 + b) * ka->ldxq;
+        xqs[b] = ka->xqs + (b0 + b) * ka->ldxqs;
+        acc[b] = _mm512_setzero_ps();
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        __m512i q = _mm512_loadu_si512(row + c * 64);
+        __m512 sw;
+        if (G == 32) { /* lanes 0-7: columns 0-31, lanes 8-15: columns 32-63 */
+            float a = fm__ld_scale(scales, sdt, r * ng + 2 * c), bb = fm__ld_scale(scales, sdt, r * ng + 2 * c + 1);
+            sw = _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(bb), 1);
+        } else {
+            sw = _mm512_set1_ps(fm__ld_scale(scales, sdt, r * ng + c * 64 / G));
+        }
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) {
+            const int8_t *p = xq[b] + c * 192;
+            __m512i th = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(p));
+            __m512i tl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(p + 64));
+            tl = _mm512_dpbusd_epi32(_mm512_slli_epi32(tl, 8), q, _mm512_loadu_si512(p + 128));
+            __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(th), k16, _mm512_cvtepi32_ps(tl));
+            acc[b] = _mm512_fmadd_ps(f, _mm512_mul_ps(sw, _mm512_set1_ps(xqs[b][c])), acc[b]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++)
+        Y[(b0 + b) * ldy + r] = _mm512_reduce_add_ps(acc[b]) +
+                                bias_dot(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng);
+}
+
 static inline __attribute__((always_inline)) void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
                                                            float *Y, int64_t ldy, const fm__kargs *ka, const int G) {
     for (int64_t r = r0; r < r1; r++) {
@@ -162,12 +213,34 @@ static inline __attribute__((always_inline)) void q4v_rows(const fm__mat *W, int
     }
 }
 
+static inline __attribute__((always_inline)) void q8v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
+                                                           float *Y, int64_t ldy, const fm__kargs *ka, const int G) {
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t b = 0;
+        for (; b + KB <= n; b += KB) q8v_nb(W, r, Y, ldy, ka, b, KB, G);
+        switch (n - b) {
+        case 1: q8v_nb(W, r, Y, ldy, ka, b, 1, G); break;
+        case 2: q8v_nb(W, r, Y, ldy, ka, b, 2, G); break;
+        case 3: q8v_nb(W, r, Y, ldy, ka, b, 3, G); break;
+        default: break;
+        }
+    }
+}
+
 FM_ROWS_DECL(fm__rows_avx512vnni) {
     if (W->type == FM_W_QAFFINE && W->bits == 4 && ka && ka->xq) {
         switch (W->group) {
         case 32: q4v_rows(W, r0, r1, n, Y, ldy, ka, 32); return;
         case 64: q4v_rows(W, r0, r1, n, Y, ldy, ka, 64); return;
         case 128: q4v_rows(W, r0, r1, n, Y, ldy, ka, 128); return;
+        default: break;
+        }
+    }
+    if (W->type == FM_W_QAFFINE && W->bits == 8 && ka && ka->xq) {
+        switch (W->group) {
+        case 32: q8v_rows(W, r0, r1, n, Y, ldy, ka, 32); return;
+        case 64: q8v_rows(W, r0, r1, n, Y, ldy, ka, 64); return;
+        case 128: q8v_rows(W, r0, r1, n, Y, ldy, ka, 128); return;
         default: break;
         }
     }
