@@ -787,7 +787,19 @@ fm_status fm__forward(fm_model *m, fm__state *s, const int32_t *tokens, int32_t 
     for (int32_t c0 = 0; c0 < n; c0 += MAX_BATCH) {
         int32_t T = FM_MIN(MAX_BATCH, n - c0);
         fm_status rc = forward_chunk(m, s, tokens + c0, T, s->pos);
-        if (rc) { s->pos = pos0; return rc; }
+        if (rc) {
+            /* The KV cache past pos0 is simply ignored; recurrent state cannot be rewound
+             * except to a snapshot, so without one the context is dropped. */
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", fm_last_error());
+            s->pos += T;
+            if (fm__state_truncate(s, pos0) != FM_OK) {
+                fm__state_truncate(s, 0);
+                return fm__err(rc, "%s (the context of %d tokens was dropped: no recurrent-state "
+                                   "snapshot to rewind to)", msg, pos0);
+            }
+            return fm__err(rc, "%s", msg);
+        }
         s->pos += T;
         if (!logits) continue;
         /* 13. final norm and LM head: every row, or only the last token's */
