@@ -6,13 +6,22 @@
  * tokens are split out, then the pre-tokenizer (Split with PCRE2 regexes, ByteLevel,
  * Metaspace, Digits, Sequence) cuts words and the BPE model merges each word by rank.
  * BPE results are cached per word within one encode call. Decoding runs the decoder chain
- * (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, Sequence). */
+ * (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, Sequence).
+ *
+ * HF runs its Split regexes on Oniguruma; we run them on PCRE2 (UTF + UCP, JIT). Both treat
+ * U+0085 as \s and U+FEFF as not \s (JavaScript differs on both, so transformers.js does
+ * too). Not implemented (FM_ERR_UNSUPPORTED at load): Unigram/WordPiece/WordLevel models,
+ * BERT-style normalizers and pre-tokenizers, Replace decoders with a Regex, BPE dropout
+ * (ignored, as at inference). Lowercase uses utf8proc's one-to-one mapping (Rust's
+ * to_lowercase maps a few characters, e.g. U+0130, to two). Streaming decode follows HF's
+ * DecodeStream: a piece is released once the window's text stops ending in U+FFFD. */
 #include "tokenizer.h"
 #include "tok_util.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,14 +81,16 @@ struct fm__tokenizer {
     /* id -> text for decoding (added tokens override the model vocab) */
     int32_t n_ids;
     uint32_t *dec_off, *dec_len;     /* UINT32_MAX = no token */
+    uint8_t *special;                /* 1 for added tokens marked special */
     /* model vocab: id -> text, and text -> id map */
     uint32_t *voc_off, *voc_len;
-    int32_t *vmap;
+    struct vslot { uint32_t off, len, tag; int32_t id; } *vmap; /* id -1 = empty */
+    int32_t cp_id[1024];             /* vocab id of single characters below U+0400, or -1 */
     uint32_t vmask;
     char *arena;
     size_t arena_len, arena_cap;
     /* merges: key (a<<32|b)+1 -> (rank<<32 | new_id) */
-    uint64_t *mkey, *mval;
+    struct mslot { uint64_t key, val; } *mslot; /* key 0 = empty */
     uint32_t mmask;
     int32_t unk_id;
     int fuse_unk, byte_fallback, ignore_merges;
@@ -110,9 +121,7 @@ struct fm__tokenizer {
 /* GPT-2 bytes_to_unicode. */
 static int32_t g_byte2cp[256];
 static int16_t g_cp2byte[324];
-static void byte_tables_init(void) {
-    static int done = 0;
-    if (__atomic_load_n(&done, __ATOMIC_ACQUIRE)) return;
+static void byte_tables_build(void) {
     int n = 0;
     for (int b = 0; b < 256; b++) {
         if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))
@@ -122,7 +131,10 @@ static void byte_tables_init(void) {
     }
     for (int i = 0; i < 324; i++) g_cp2byte[i] = -1;
     for (int b = 0; b < 256; b++) g_cp2byte[g_byte2cp[b]] = (int16_t)b;
-    __atomic_store_n(&done, 1, __ATOMIC_RELEASE);
+}
+static void byte_tables_init(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, byte_tables_build);
 }
 
 static const char GPT2_RE[] =
@@ -186,25 +198,34 @@ static uint32_t arena_add(fm__tokenizer *t, const char *s, size_t n) {
 
 static int32_t vocab_get(const fm__tokenizer *t, const char *s, size_t n) {
     if (!t->vmap) return -1;
-    uint32_t h = (uint32_t)fm__tok_hash(s, n) & t->vmask;
+    uint64_t hh = fm__tok_hash(s, n);
+    uint32_t h = (uint32_t)hh & t->vmask, tag = (uint32_t)(hh >> 32);
     for (;;) {
-        int32_t id = t->vmap[h];
-        if (id < 0) return -1;
-        if (t->voc_len[id] == n && memcmp(t->arena + t->voc_off[id], s, n) == 0) return id;
+        const struct vslot *e = &t->vmap[h];
+        if (e->id < 0) return -1;
+        if (e->tag == tag && e->len == n && memcmp(t->arena + e->off, s, n) == 0) return e->id;
         h = (h + 1) & t->vmask;
     }
 }
 
+/* vocab_get for one character (c: its UTF-8 bytes, cl of them). */
+static inline int32_t vocab_char(const fm__tokenizer *t, const char *c, size_t cl) {
+    const unsigned char *u = (const unsigned char *)c;
+    if (cl == 1) return t->cp_id[u[0]];
+    if (cl == 2 && u[0] < 0xD0) return t->cp_id[((u[0] & 0x1F) << 6) | (u[1] & 0x3F)];
+    return vocab_get(t, c, cl);
+}
+
 static int merge_get(const fm__tokenizer *t, int32_t a, int32_t b, int32_t *rank, int32_t *new_id) {
-    if (!t->mkey) return 0;
+    if (!t->mslot) return 0;
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     uint32_t h = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->mmask;
     for (;;) {
-        uint64_t k = t->mkey[h];
+        uint64_t k = t->mslot[h].key;
         if (k == 0) return 0;
         if (k == key) {
-            *rank = (int32_t)(t->mval[h] >> 32);
-            *new_id = (int32_t)(uint32_t)t->mval[h];
+            *rank = (int32_t)(t->mslot[h].val >> 32);
+            *new_id = (int32_t)(uint32_t)t->mslot[h].val;
             return 1;
         }
         h = (h + 1) & t->mmask;
@@ -214,9 +235,9 @@ static int merge_get(const fm__tokenizer *t, int32_t a, int32_t b, int32_t *rank
 static void merge_put(fm__tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t new_id) {
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     uint32_t h = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->mmask;
-    while (t->mkey[h] != 0 && t->mkey[h] != key) h = (h + 1) & t->mmask;
-    t->mkey[h] = key;
-    t->mval[h] = ((uint64_t)(uint32_t)rank << 32) | (uint32_t)new_id;
+    while (t->mslot[h].key != 0 && t->mslot[h].key != key) h = (h + 1) & t->mmask;
+    t->mslot[h].key = key;
+    t->mslot[h].val = ((uint64_t)(uint32_t)rank << 32) | (uint32_t)new_id;
 }
 
 /* ------------------------------------------------------------------ encode context */
@@ -299,6 +320,14 @@ static int re_next(enc_ctx *c, const pcre2_code *re, const char *s, size_t n, si
                    size_t *ms, size_t *me) {
     while (pos <= n) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, c->md, c->mc);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !c->js) {
+            /* the default 32 KiB JIT stack was too small: retry with a large one */
+            if (!c->mc) c->mc = pcre2_match_context_create(NULL);
+            c->js = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
+            if (!c->mc || !c->js) return -1;
+            pcre2_jit_stack_assign(c->mc, NULL, c->js);
+            continue;
+        }
         if (rc == PCRE2_ERROR_NOMATCH) return 0;
         if (rc < 0) return -1;
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
@@ -578,7 +607,7 @@ static fm_status bpe_word_uncached(enc_ctx *c, const char *w, size_t n) {
             s = c->tmp.p;
             sl = c->tmp.n;
         }
-        int32_t id = vocab_get(t, s, sl);
+        int32_t id = s == w + i ? vocab_char(t, s, sl) : vocab_get(t, s, sl);
         if (id >= 0) {
             if (unk >= 0) {
                 if (sym_add(c, &ns, unk)) return nomem();
@@ -660,7 +689,7 @@ static fm_status bpe_chunk(enc_ctx *c, const char *w, size_t n) {
     if (n > 256) return FM_OK; /* long words are rarely repeated */
     /* insert into the cache (grow at half load) */
     if (!c->cache || (c->cn + 1) * 2 > c->cmask + 1) {
-        uint32_t ncap = c->cache ? (c->cmask + 1) * 2 : 4096;
+        uint32_t ncap = c->cache ? (c->cmask + 1) * 2 : 64;
         centry *nc = malloc((size_t)ncap * sizeof *nc);
         if (!nc) return nomem();
         for (uint32_t i = 0; i < ncap; i++) nc[i].klen = UINT32_MAX;
@@ -811,14 +840,15 @@ static fm_status pretok_and_model(enc_ctx *c, const char *s, size_t n, int first
 
 /* ------------------------------------------------------------------ added tokens */
 
+/* Rust regex \w, which HF uses for single_word: letters, marks, Nd, Nl, Pc, ZWNJ/ZWJ. */
 static int is_word_cp(int32_t cp) {
-    if (cp == '_') return 1;
+    if (cp == '_' || cp == 0x200C || cp == 0x200D) return 1;
     utf8proc_category_t k = utf8proc_category(cp);
-    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_NO) || k == UTF8PROC_CATEGORY_PC;
+    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_NL) || k == UTF8PROC_CATEGORY_PC;
 }
 
-/* Finds the leftmost-longest added token of set in s[0..n) starting at or after from,
- * honouring single_word. Returns the index into t->added or -1; *at = match start. */
+/* Finds the leftmost-longest added token of set in s[0..n) starting at or after from.
+ * Returns the index into t->added or -1; *at = match start. */
 static int find_added(const fm__tokenizer *t, const added_set *set, const char *s, size_t n,
                       size_t from, size_t *at) {
     if (set->n == 0) return -1;
@@ -827,27 +857,28 @@ static int find_added(const fm__tokenizer *t, const added_set *set, const char *
         for (int k = set->start[b]; k < set->start[b + 1]; k++) {
             const added_tok *a = &t->added[set->idx[k]];
             if (a->len > n - i || memcmp(s + i, a->s, a->len) != 0) continue;
-            if (a->single_word) {
-                int ok = 1;
-                if (i > 0) {
-                    size_t q = i - 1;
-                    while (q > 0 && ((unsigned char)s[q] & 0xC0) == 0x80) q--;
-                    int32_t cp;
-                    fm__tok_u8dec((const unsigned char *)s + q, i - q, &cp);
-                    if (is_word_cp(cp)) ok = 0;
-                }
-                if (i + a->len < n) {
-                    int32_t cp;
-                    fm__tok_u8dec((const unsigned char *)s + i + a->len, n - i - a->len, &cp);
-                    if (is_word_cp(cp)) ok = 0;
-                }
-                if (!ok) continue; /* HF drops this match; a shorter one is not tried */
-            }
             *at = i;
             return set->idx[k];
         }
     }
     return -1;
+}
+
+/* single_word: the match [ms,me) must not touch a word character on either side. */
+static int single_word_ok(const char *s, size_t n, size_t ms, size_t me) {
+    if (ms > 0) {
+        size_t q = ms - 1;
+        while (q > 0 && ((unsigned char)s[q] & 0xC0) == 0x80) q--;
+        int32_t cp;
+        fm__tok_u8dec((const unsigned char *)s + q, ms - q, &cp);
+        if (is_word_cp(cp)) return 0;
+    }
+    if (me < n) {
+        int32_t cp;
+        fm__tok_u8dec((const unsigned char *)s + me, n - me, &cp);
+        if (is_word_cp(cp)) return 0;
+    }
+    return 1;
 }
 
 typedef fm_status (*section_fn)(enc_ctx *c, const char *s, size_t n, int first);
@@ -863,6 +894,10 @@ static fm_status split_added(enc_ctx *c, const added_set *set, const char *s, si
         if (k < 0) break;
         const added_tok *a = &t->added[k];
         size_t ms = at, me = at + a->len;
+        if (a->single_word && !single_word_ok(s, n, ms, me)) {
+            pos = me; /* HF skips this match; matching resumes after it */
+            continue;
+        }
         if (a->lstrip) {
             size_t q = ms;
             while (q > 0) {
@@ -919,6 +954,8 @@ fm_status fm__tok_encode(const fm__tokenizer *t, const char *text, size_t len, i
     *ids = NULL;
     *n = 0;
     if (!t || (!text && len)) return fm__err(FM_ERR_ARG, "tokenizer: NULL argument");
+    if (len > (size_t)UINT32_MAX / 4)
+        return fm__err(FM_ERR_ARG, "tokenizer: text of %zu bytes is too long (at most 1 GiB)", len);
     size_t bad = fm__tok_utf8_invalid_at(text, len);
     if (bad < len)
         return fm__err(FM_ERR_ARG, "tokenizer: invalid UTF-8 in the text at byte offset %zu", bad);
@@ -927,10 +964,7 @@ fm_status fm__tok_encode(const fm__tokenizer *t, const char *text, size_t len, i
     c.t = t;
     fm_status st = FM_OK;
     c.md = pcre2_match_data_create(4, NULL);
-    c.mc = pcre2_match_context_create(NULL);
-    c.js = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, NULL);
-    if (!c.md || !c.mc || !c.js) { st = nomem(); goto done; }
-    pcre2_jit_stack_assign(c.mc, NULL, c.js);
+    if (!c.md) { st = nomem(); goto done; }
     if (add_special)
         for (int i = 0; i < t->n_prefix; i++)
             if (ib_push(&c.out, t->prefix_ids[i])) { st = nomem(); goto done; }
@@ -1109,7 +1143,6 @@ fm_status fm__tok_decode(const fm__tokenizer *t, const int32_t *ids, size_t n, c
             st = fm__err(FM_ERR_ARG, "tokenizer: token id %d out of range (vocabulary of %d)", id, t->n_ids);
             goto done;
         }
-        if (!t->has_decoder && i > 0 && tl_add(&a, " ", 0)) { st = nomem(); goto done; }
         if (tl_add(&a, t->arena + t->dec_off[id], t->dec_len[id])) { st = nomem(); goto done; }
     }
     for (int k = 0; k < t->n_dec; k++) {
@@ -1261,10 +1294,8 @@ const char *fm__tok_id_to_piece(const fm__tokenizer *t, int32_t id) {
 }
 
 int fm__tok_is_special(const fm__tokenizer *t, int32_t id) {
-    if (!t) return 0;
-    for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].id == id) return t->added[i].special;
-    return 0;
+    if (!t || id < 0 || id >= t->n_ids) return 0;
+    return t->special[id];
 }
 
 int fm__tok_eos_ids(const fm__tokenizer *t, const int32_t **ids) {
@@ -1280,12 +1311,12 @@ void fm__tok_free(fm__tokenizer *t) {
     if (!t) return;
     free(t->dec_off);
     free(t->dec_len);
+    free(t->special);
     free(t->voc_off);
     free(t->voc_len);
     free(t->vmap);
     free(t->arena);
-    free(t->mkey);
-    free(t->mval);
+    free(t->mslot);
     free(t->cont_prefix);
     free(t->eow_suffix);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].s);
@@ -1716,14 +1747,15 @@ static fm_status load_model(const ld *L, const cJSON *root) {
     t->dec_len = calloc(N, sizeof(uint32_t));
     t->voc_off = malloc(N * sizeof(uint32_t));
     t->voc_len = calloc(N, sizeof(uint32_t));
+    t->special = calloc(N, 1);
     uint32_t vcap = 16;
     while (vcap < 2 * (uint64_t)nv + 2) vcap *= 2;
-    t->vmap = malloc(vcap * sizeof(int32_t));
+    t->vmap = malloc(vcap * sizeof *t->vmap);
     t->vmask = vcap - 1;
-    if (!t->dec_off || !t->dec_len || !t->voc_off || !t->voc_len || !t->vmap) return nomem();
+    if (!t->dec_off || !t->dec_len || !t->voc_off || !t->voc_len || !t->vmap || !t->special) return nomem();
     memset(t->dec_off, 0xFF, N * sizeof(uint32_t));
     memset(t->voc_off, 0xFF, N * sizeof(uint32_t));
-    memset(t->vmap, 0xFF, vcap * sizeof(int32_t));
+    memset(t->vmap, 0xFF, vcap * sizeof *t->vmap);
     cJSON_ArrayForEach(e, vocab) {
         int32_t id = (int32_t)e->valuedouble;
         size_t n = strlen(e->string);
@@ -1733,9 +1765,15 @@ static fm_status load_model(const ld *L, const cJSON *root) {
         t->voc_off[id] = t->dec_off[id] = off;
         t->voc_len[id] = t->dec_len[id] = (uint32_t)n;
         if (old >= 0) continue; /* duplicate key: keep the first slot */
-        uint32_t h = (uint32_t)fm__tok_hash(e->string, n) & t->vmask;
-        while (t->vmap[h] >= 0) h = (h + 1) & t->vmask;
-        t->vmap[h] = id;
+        uint64_t hh = fm__tok_hash(e->string, n);
+        uint32_t h = (uint32_t)hh & t->vmask;
+        while (t->vmap[h].id >= 0) h = (h + 1) & t->vmask;
+        t->vmap[h] = (struct vslot){off, (uint32_t)n, (uint32_t)(hh >> 32), id};
+    }
+    for (int32_t cp = 0; cp < 1024; cp++) {
+        char u[4];
+        int l = fm__tok_u8enc(cp, u);
+        t->cp_id[cp] = vocab_get(t, u, (size_t)l);
     }
 
     /* SentencePiece-style vocabularies: "▁" only ever starts a token or follows "▁" */
@@ -1774,10 +1812,9 @@ static fm_status load_model(const ld *L, const cJSON *root) {
     int nm = merges ? cJSON_GetArraySize(merges) : 0;
     uint32_t mcap = 16;
     while (mcap < 2 * (uint64_t)nm + 2) mcap *= 2;
-    t->mkey = calloc(mcap, sizeof(uint64_t));
-    t->mval = calloc(mcap, sizeof(uint64_t));
+    t->mslot = calloc(mcap, sizeof *t->mslot);
     t->mmask = mcap - 1;
-    if (!t->mkey || !t->mval) return nomem();
+    if (!t->mslot) return nomem();
     size_t plen = t->cont_prefix ? strlen(t->cont_prefix) : 0;
     sbuf tmp = {0};
     int rank = 0;
@@ -1838,6 +1875,7 @@ static fm_status load_model(const ld *L, const cJSON *root) {
         if (off == UINT32_MAX) return nomem();
         t->dec_off[a->id] = off;
         t->dec_len[a->id] = (uint32_t)a->len;
+        t->special[a->id] = (uint8_t)a->special;
     }
     return FM_OK;
 }

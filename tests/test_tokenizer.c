@@ -354,6 +354,45 @@ static void test_added_flags(void) {
     CHECK(st == FM_OK && ids_eq(ids, n, want, 5), "lstrip/rstrip take the adjacent whitespace");
     free(ids);
     fm__tok_free(t);
+
+    /* single_word (HF: the match must not touch \w on either side; a rejected match is
+     * skipped whole): added token "ab" (id 300) */
+    j = bytelevel_json(NULL, NULL, "null");
+    p = strstr(j, "\"content\":\"<|end|>\",\"single_word\":false");
+    const char *rep = "\"content\":\"ab\",     \"single_word\":true ";
+    memcpy(p, rep, strlen(rep)); /* same length as the text it replaces */
+    st = load_json(j, &t);
+    free(j);
+    CHECK(st == FM_OK, "single_word fixture loads [%s]", fm_last_error());
+    if (!t) return;
+    st = fm__tok_encode(t, "ab.cab(ab)ab_", 13, 0, &ids, &n);
+    int32_t want2[] = {300, '.', 'c', 'a', 'b', '(', 300, ')', 'a', 'b', '_'};
+    CHECK(st == FM_OK && ids_eq(ids, n, want2, 11), "single_word matches only outside words");
+    free(ids);
+    fm__tok_free(t);
+}
+
+/* No decoder: HF joins the token strings with one space. No pre-tokenizer/normalizer:
+ * the whole text is one word. */
+static void test_no_decoder(void) {
+    fm__tokenizer *t = NULL;
+    fm_status st = load_json("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},"
+                             "\"merges\":[\"a b\"]},\"decoder\":null}", &t);
+    CHECK(st == FM_OK, "minimal tokenizer.json loads [%s]", fm_last_error());
+    if (!t) return;
+    int32_t *ids;
+    size_t n;
+    st = fm__tok_encode(t, "abba", 4, 0, &ids, &n);
+    int32_t want[] = {2, 1, 0};
+    CHECK(st == FM_OK && ids_eq(ids, n, want, 3), "whole text is one word when there is no pre-tokenizer");
+    free(ids);
+    int32_t d[] = {0, 1, 2};
+    char *text;
+    size_t tl;
+    st = fm__tok_decode(t, d, 3, &text, &tl);
+    CHECK(st == FM_OK && strcmp(text, "a b ab") == 0, "no decoder: tokens joined by one space");
+    free(text);
+    fm__tok_free(t);
 }
 
 int main(void) {
@@ -364,6 +403,7 @@ int main(void) {
     test_sentencepiece();
     test_config();
     test_added_flags();
+    test_no_decoder();
     rm_file("tokenizer.json");
     rmdir(g_dir);
     return TAP_DONE();
