@@ -17,7 +17,8 @@ fm__pool *fm__pool_new(int n_threads);
 void fm__pool_free(fm__pool *p);
 int fm__pool_size(const fm__pool *p);
 /* Runs fn(i, ctx) for i in [0, n) spread over the pool's threads; returns when all ran.
- * pool == NULL runs serially on the caller. */
+ * pool == NULL runs serially on the caller, and so does a call made from inside a task.
+ * One caller at a time per pool. */
 void fm__pool_run(fm__pool *p, int64_t n, void (*fn)(int64_t i, void *ctx), void *ctx);
 
 /* Y[b][r] = sum_c W[r][c] * X[b][c] for b in [0, n), r in [0, W->rows).
@@ -29,9 +30,10 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
 /* Writes row r of W (dequantized) into out[W->cols]: embedding lookup. */
 void fm__mat_row(const fm__mat *W, int64_t r, float *out);
 
-/* Which SIMD path the kernels use ("avx512", "avx2", "neon", "scalar"). */
+/* Which SIMD path the kernels use ("avx512vnni", "avx512", "avx2", "neon", "scalar"). */
 const char *fm__kernel_path(void);
-/* Forces a path for tests ("scalar", "avx2", "avx512", "neon"); returns 0 if unavailable. */
+/* Forces a path for tests ("scalar", "avx2", "avx512", "avx512vnni", "neon"); returns 0 if
+ * unavailable. Call it only while no kernel runs. */
 int fm__kernel_force(const char *path);
 
 #endif
