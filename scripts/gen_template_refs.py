@@ -6,6 +6,8 @@ tojson = json.dumps(ensure_ascii=False, ...), raise_exception and strftime_now g
 tools=None / documents=None passed when absent).
 
 Run with Debian's Python (python3-jinja2):  /usr/bin/python3 scripts/gen_template_refs.py
+Differential check of random templates against the binary (not part of make test):
+  FM_BIN=build/flash-moe /usr/bin/python3 scripts/gen_template_refs.py --differential 2000 [seed]
 Writes tests/fixtures/templates/cases/<name>.json, each holding the template file name and a
 list of {name, context, expected | error [, error_line]}. The Qwen3 and DeepSeek-V3 templates
 are extracted (with node) from the pinned npm packages in tests/js/node_modules."""
@@ -321,5 +323,127 @@ def main():
     print("jinja2", jinja2.__version__, file=sys.stderr)
 
 
+
+
+# ---------------------------------------------------------------- differential testing
+def _rand_template(rng):
+    """A random template built from the constructs chat templates use."""
+    names = ["s", "n", "f", "l", "d", "u", "e", "b", "m"]
+    strs = ["''", "'a'", "'Ab c'", "' x '", "'\\n'", "'é😀'", "'a,b,,c'", "'<t>'", "'  Hello World  '"]
+
+    def lit(depth):
+        k = rng.randrange(8)
+        if k == 0:
+            return str(rng.choice([0, 1, -2, 3, 10, 255]))
+        if k == 1:
+            return rng.choice(["0.5", "2.0", "-1.25", "1e3", "0.1"])
+        if k == 2:
+            return rng.choice(strs)
+        if k == 3:
+            return rng.choice(["true", "false", "none", "True", "None"])
+        if k == 4 and depth < 3:
+            return "[" + ", ".join(expr(depth + 1) for _ in range(rng.randrange(4))) + "]"
+        if k == 5 and depth < 3:
+            return "{" + ", ".join("%s: %s" % (rng.choice(["'k'", "'a'", "'z'"]), expr(depth + 1)) for _ in range(rng.randrange(3))) + "}"
+        return rng.choice(names)
+
+    def expr(depth=0):
+        if depth > 3:
+            return lit(depth)
+        k = rng.randrange(14)
+        if k < 4:
+            return lit(depth)
+        if k == 4:
+            return "(%s %s %s)" % (expr(depth + 1), rng.choice(["+", "-", "*", "/", "//", "%", "~", "**"]), expr(depth + 1))
+        if k == 5:
+            return "(%s %s %s)" % (expr(depth + 1), rng.choice(["==", "!=", "<", ">", "<=", ">=", "in", "not in"]), expr(depth + 1))
+        if k == 6:
+            return "(%s %s %s)" % (expr(depth + 1), rng.choice(["and", "or"]), expr(depth + 1))
+        if k == 7:
+            return "(not %s)" % expr(depth + 1)
+        if k == 8:
+            f = rng.choice(["length", "trim", "upper", "lower", "first", "last", "list", "string", "tojson",
+                            "tojson(indent=2)", "join(',')", "default('D')", "int", "float", "abs", "reverse",
+                            "capitalize", "title", "unique", "items", "dictsort", "sort", "map('upper')",
+                            "select('odd')", "selectattr('a')", "map(attribute='a')", "replace('a', 'X')",
+                            "round(1)", "count", "e", "safe", "sum", "max", "min"])
+            return "(%s | %s)" % (expr(depth + 1), f)
+        if k == 9:
+            t = rng.choice(["defined", "undefined", "none", "string", "mapping", "iterable", "number", "sequence",
+                            "boolean", "true", "false", "odd", "even", "integer", "float", "equalto 1", "in [1, 'a']"])
+            return "(%s is %s%s)" % (expr(depth + 1), rng.choice(["", "not "]), t)
+        if k == 10:
+            m = rng.choice(["strip()", "lstrip('a ')", "rstrip()", "split()", "split(',')", "split(',', 1)", "upper()",
+                            "lower()", "title()", "startswith('a')", "endswith(('c', ' '))", "replace(' ', '_')",
+                            "count('a')", "find('b')", "capitalize()", "rsplit(',', 1)", "splitlines()"])
+            return "%s.%s" % (rng.choice(["s", "'a,b c '", "'\\n\\nxy\\n'"] + strs), m)
+        if k == 11:
+            return "%s[%s]" % (rng.choice(["l", "s", "d", "m", "'hello'"]),
+                               rng.choice(["0", "-1", "1:", ":-1", "::-1", "::2", "'a'", "'k'", "5", "1:3"]))
+        if k == 12:
+            return "(%s if %s else %s)" % (expr(depth + 1), expr(depth + 1), expr(depth + 1))
+        return "%s.%s" % (rng.choice(["d", "m", "u", "e"]), rng.choice(["a", "k", "items()", "keys()", "get('a')", "z", "role"]))
+
+    parts = []
+    for _ in range(rng.randrange(1, 4)):
+        k = rng.randrange(5)
+        ws = lambda: rng.choice(["", "-"])
+        if k == 0:
+            parts.append("{{%s %s %s}}" % (ws(), expr(), ws()))
+        elif k == 1:
+            parts.append("{%% if %s %%}T{{ %s }}{%% else %%}F{%% endif %%}" % (expr(), expr()))
+        elif k == 2:
+            parts.append("{%% for x in %s %%}[{{ x }}{{ loop.index }}{{ loop.last }}]{%% else %%}E{%% endfor %%}" % expr())
+        elif k == 3:
+            parts.append("{%% set v = %s %%}{{ v }}" % expr())
+        else:
+            parts.append(rng.choice(["\n", "  \n", " text ", "\n  "]))
+    return "".join(parts)
+
+
+DIFF_CTX = {"s": "a,b,c", "n": 3, "f": 1.5, "l": [3, 1, 2], "d": {"a": 1, "k": "v"}, "b": True, "e": "",
+            "m": {"role": "user", "content": "hi"}, "u": [{"a": 1}, {"a": 0}, {"b": 2}]}
+
+
+def differential(count, seed, binary):
+    """Renders random templates with Jinja2 and with `flash-moe template`; prints mismatches."""
+    import random
+    import tempfile
+    rng = random.Random(seed)
+    tmp = tempfile.mkdtemp(prefix="fm_tmpl_diff_")
+    with open(os.path.join(tmp, "m.json"), "w") as f:
+        json.dump([], f)
+    sets = []
+    for k, v in DIFF_CTX.items():
+        sets += ["--set", "%s=%s" % (k, json.dumps(v))]
+    bad = 0
+    for i in range(count):
+        src = _rand_template(rng)
+        ctx = dict(DIFF_CTX, messages=[], tools=None, documents=None, add_generation_prompt=True)
+        ref = render(src, ctx)
+        with open(os.path.join(tmp, "chat_template.jinja"), "w") as f:
+            f.write(src)
+        p = subprocess.run([binary, "template", tmp, "--messages-file", os.path.join(tmp, "m.json")] + sets,
+                           capture_output=True)
+        got = p.stdout.decode("utf-8", "surrogateescape")
+        if "expected" in ref and " at 0x" in ref["expected"]:
+            continue  # an object address: not reproducible
+        if "expected" in ref:
+            ok = p.returncode == 0 and got == ref["expected"]
+        else:
+            ok = p.returncode != 0 and b"line " in p.stderr
+        if not ok:
+            bad += 1
+            print("MISMATCH %d: %r\n  jinja2: %r\n  ours:   rc=%d %r %r" % (
+                i, src, ref.get("expected", ref.get("error")), p.returncode, got, p.stderr.decode()[:200]))
+    print("%d random templates, %d mismatches" % (count, bad))
+    return bad
+
+
 if __name__ == "__main__":
+    # --differential N [SEED]: compare N random templates against $FM_BIN (default build/flash-moe)
+    if len(sys.argv) > 1 and sys.argv[1] == "--differential":
+        n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+        sd = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+        sys.exit(1 if differential(n, sd, os.environ.get("FM_BIN", os.path.join(ROOT, "build", "flash-moe"))) else 0)
     main()

@@ -39,7 +39,9 @@ typedef enum {
     JV_NS, JV_LOOP, JV_MACRO, JV_BUILTIN, JV_METHOD, JV_CALLER
 } jv_type;
 
-enum { JL_TUPLE = 1, JL_GEN = 2 }; /* list flags: a tuple; a one-shot iterator */
+enum { JL_TUPLE = 1, JL_GEN = 2, JL_ITEMS = 8, JL_KEYS = 16, JL_VALUES = 32, JL_POISON = 64 };
+/* list flags: a tuple; a one-shot iterator; a dict view (printed as dict_items(...)); a lazy
+ * generator whose evaluation failed (its only item is the error, raised when it is consumed) */
 enum { JS_MARKUP = 4 };           /* string flag: markupsafe.Markup (from |safe, |e) */
 
 typedef struct jv_list jv_list;

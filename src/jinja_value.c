@@ -354,11 +354,23 @@ static void print_rec(jj_buf *b, jv v, bool repr, int depth) {
     case JV_INT: jj_buf_printf(b, "%lld", (long long)v.u.i); break;
     case JV_FLOAT: jv_float_repr(b, v.u.f); break;
     case JV_STR:
-        if (repr) str_repr(b, v.u.s.p, v.u.s.n);
+        if (repr && (v.flags & JS_MARKUP)) {
+            jj_buf_puts(b, "Markup(");
+            str_repr(b, v.u.s.p, v.u.s.n);
+            jj_buf_putc(b, ')');
+        } else if (repr) str_repr(b, v.u.s.p, v.u.s.n);
         else jj_buf_put(b, v.u.s.p, v.u.s.n);
         break;
     case JV_LIST:
         if (v.flags & JL_GEN) { jj_buf_puts(b, "<generator object>"); break; }
+        if (v.flags & (JL_ITEMS | JL_KEYS | JL_VALUES)) {
+            jv plain = v;
+            plain.flags = 0;
+            jj_buf_puts(b, (v.flags & JL_ITEMS) ? "dict_items(" : (v.flags & JL_KEYS) ? "dict_keys(" : "dict_values(");
+            print_rec(b, plain, true, depth + 1);
+            jj_buf_putc(b, ')');
+            break;
+        }
         jj_buf_putc(b, (v.flags & JL_TUPLE) ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) jj_buf_puts(b, ", ");

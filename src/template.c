@@ -1415,11 +1415,20 @@ static jv mk_tuple2(R *r, jv a, jv b) {
     return t;
 }
 
+/* Re-raises the error a lazy generator hit when it is finally consumed. */
+static void raise_poison(R *r, jv g) {
+    jv m = g.u.l->v[0];
+    snprintf(r->err, sizeof r->err, "%.*s", (int)m.u.s.n, m.u.s.p);
+    longjmp(r->jb, 1);
+}
+
 /* Materializes an iterable as a plain list (strings -> characters, dicts -> keys). */
 static jv iter_list(R *r, const node *n, jv v) {
     switch (v.t) {
     case JV_UNDEF: return jv_list_new(&r->a, 0);
-    case JV_LIST: { jv x = v; x.flags &= (uint8_t)~JL_GEN; return x; }
+    case JV_LIST:
+        if (v.flags & JL_POISON) raise_poison(r, v);
+        { jv x = v; x.flags &= (uint8_t)JL_TUPLE; return x; }
     case JV_DICT: case JV_NS: {
         jv l = jv_list_new(&r->a, v.u.d->n);
         for (size_t i = 0; i < v.u.d->n; i++) jv_list_push(&r->a, &l, v.u.d->k[i]);
@@ -1480,10 +1489,14 @@ static bool contains(R *r, const node *n, jv item, jv seq) {
         if (item.u.s.n > seq.u.s.n) return false;
         return memmem(seq.u.s.p, seq.u.s.n, item.u.s.p, item.u.s.n) != NULL;
     case JV_LIST:
+        if (seq.flags & JL_POISON) raise_poison(r, seq);
         for (size_t i = 0; i < seq.u.l->n; i++)
             if (jv_equal(seq.u.l->v[i], item)) return true;
         return false;
-    case JV_DICT: return jv_dict_getv(seq.u.d, item) != NULL;
+    case JV_DICT:
+        if ((item.t == JV_LIST && !(item.flags & JL_TUPLE)) || item.t == JV_DICT)
+            rfail(r, n, "unhashable type: '%s'", jv_type_name(item));
+        return jv_dict_getv(seq.u.d, item) != NULL;
     default: rfail(r, n, "argument of type '%s' is not iterable", jv_type_name(seq)); return false;
     }
 }
@@ -1618,6 +1631,7 @@ static jv slice_v(R *r, const node *n, jv obj, jv va, jv vb, jv vs) {
     bool ha = va.t != JV_NONE && va.t != JV_UNDEF, hb = vb.t != JV_NONE && vb.t != JV_UNDEF;
     if ((ha && !is_intlike(va)) || (hb && !is_intlike(vb))) rfail(r, n, "slice indices must be integers or None");
     if (obj.t == JV_UNDEF) fail_undef(r, n, obj);
+    if (obj.t == JV_DICT) rfail(r, n, "unhashable type: 'slice'");
     if (obj.t == JV_LIST && !(obj.flags & JL_GEN)) {
         int64_t a, b;
         slice_ix((int64_t)obj.u.l->n, ha, ha ? va.u.i : 0, hb, hb ? vb.u.i : 0, st, &a, &b);
@@ -1649,6 +1663,46 @@ static jv html_escape(R *r, jv s) {
         else if (c == '\'') jj_buf_puts(&b, "&#39;");
         else jj_buf_putc(&b, c);
     }
+    return jv_strref(b.p ? b.p : "", b.n);
+}
+
+/* Python's printf-style `fmt % arg`: a tuple gives positional arguments, a dict gives %(name)s
+ * lookups; %s %r %d %i %% are supported. */
+static jv py_percent(R *r, const node *n, jv fmt, jv argv) {
+    jj_buf b = {.a = &r->a, .limit = OUTPUT_LIMIT};
+    bool is_tuple = argv.t == JV_LIST && (argv.flags & JL_TUPLE);
+    bool is_map = argv.t == JV_DICT;
+    size_t nargs = is_tuple ? argv.u.l->n : 1, used = 0;
+    const char *s = fmt.u.s.p;
+    for (size_t i = 0; i < fmt.u.s.n; i++) {
+        if (s[i] != '%') { jj_buf_putc(&b, s[i]); continue; }
+        if (++i >= fmt.u.s.n) rfail(r, n, "incomplete format");
+        jv x;
+        if (s[i] == '%') { jj_buf_putc(&b, '%'); continue; }
+        if (s[i] == '(') {
+            size_t j = i + 1;
+            while (j < fmt.u.s.n && s[j] != ')') j++;
+            if (j >= fmt.u.s.n) rfail(r, n, "incomplete format key");
+            if (!is_map) rfail(r, n, "format requires a mapping");
+            jv *v = jv_dict_get(argv.u.d, s + i + 1, j - i - 1);
+            if (!v) rfail(r, n, "format: missing key '%.*s'", (int)(j - i - 1 > 40 ? 40 : j - i - 1), s + i + 1);
+            x = *v;
+            i = j + 1;
+            if (i >= fmt.u.s.n) rfail(r, n, "incomplete format");
+        } else {
+            if (used >= nargs) rfail(r, n, "not enough arguments for format string");
+            x = is_tuple ? argv.u.l->v[used] : argv;
+            used++;
+        }
+        char c = s[i];
+        if (c == 's') jv_print(&b, x, false);
+        else if (c == 'r') jv_print(&b, x, true);
+        else if (c == 'd' || c == 'i') {
+            if (!is_num(x)) rfail(r, n, "%%%c format: a number is required, not %s", c, jv_type_name(x));
+            jj_buf_printf(&b, "%lld", (long long)(x.t == JV_FLOAT ? (int64_t)x.u.f : x.u.i));
+        } else rfail(r, n, "unsupported format character '%c'", c);
+    }
+    if (!is_map && used < nargs) rfail(r, n, "not all arguments converted during string formatting");
     return jv_strref(b.p ? b.p : "", b.n);
 }
 
@@ -1739,7 +1793,7 @@ static jv arith(R *r, const node *n, int op, jv a, jv b) {
             for (size_t j = 0; j < b.u.l->n; j++) jv_list_push(&r->a, &l, b.u.l->v[j]);
         return l;
     }
-    if (op == '%' && a.t == JV_STR) rfail(r, n, "printf-style '%%' formatting is not supported");
+    if (op == '%' && a.t == JV_STR) return py_percent(r, n, a, b);
     rfail(r, n, "unsupported operand type(s) for the operator: '%s' and '%s'", jv_type_name(a), jv_type_name(b));
 ovf:
     rfail(r, n, "integer overflow");
@@ -2057,6 +2111,7 @@ static jv call_method(R *r, const node *n, method *m, args *A) {
             jv l = jv_list_new(&r->a, d->n);
             for (size_t i = 0; i < d->n; i++)
                 jv_list_push(&r->a, &l, nm[0] == 'i' ? mk_tuple2(r, d->k[i], d->v[i]) : nm[0] == 'k' ? d->k[i] : d->v[i]);
+            l.flags = nm[0] == 'i' ? JL_ITEMS : nm[0] == 'k' ? JL_KEYS : JL_VALUES;
             return l;
         }
         /* get */
@@ -2272,6 +2327,7 @@ static jv attr_path(R *r, const node *n, jv item, jv path) {
 static jv gen(jv l) { l.flags = JL_GEN; return l; }
 
 static jv select_like(R *r, const node *n, jv v, args *A, bool attr_mode, bool want) {
+    if (!jv_truthy(v)) return gen(jv_list_new(&r->a, 0)); /* jinja2: `if value:` before iterating */
     jv l = iter_list(r, n, v);
     jv out = jv_list_new(&r->a, l.u.l->n);
     int base = 0;
@@ -2408,7 +2464,6 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
     }
     if (!strcmp(f, "last")) {
         if (v.t == JV_LIST && (v.flags & JL_GEN)) rfail(r, n, "'generator' object is not reversible");
-        if (v.t == JV_DICT) rfail(r, n, "'dict' object is not reversible");
         jv l = iter_list(r, n, v);
         return l.u.l->n ? l.u.l->v[l.u.l->n - 1] : undef_msg(r, "No last item, sequence was empty.");
     }
@@ -2426,7 +2481,7 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
         return gen(o);
     }
     if (!strcmp(f, "map")) {
-        jv l = iter_list(r, n, v);
+        jv l = jv_truthy(v) ? iter_list(r, n, v) : jv_list_new(&r->a, 0);
         jv out = jv_list_new(&r->a, l.u.l->n);
         jv *attr = arg(A, -1, "attribute");
         if (attr) {
@@ -2474,6 +2529,7 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
         jv *rev = arg(A, 0, "reverse"), *cs = arg(A, 1, "case_sensitive"), *attr = arg(A, 2, "attribute");
         return sort_list(r, n, iter_list(r, n, v), rev && jv_truthy(*rev), cs && jv_truthy(*cs), attr);
     }
+    if ((!strcmp(f, "int") || !strcmp(f, "float")) && v.t == JV_UNDEF) fail_undef(r, n, v);
     if (!strcmp(f, "int")) {
         jv *d = arg(A, 0, "default");
         jv dflt = d ? *d : jv_int(0);
@@ -2514,6 +2570,7 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
         jv *m = arg(A, 1, "method");
         const char *meth = m && m->t == JV_STR ? m->u.s.p : "common";
         if (!is_num(v)) rfail(r, n, "round: expected a number");
+        if (is_intlike(v) && !strcmp(meth, "common")) return jv_int(v.u.i); /* round(int, n) is an int */
         double x = num_f(v), sc = pow(10.0, (double)prec), y;
         if (!strcmp(meth, "ceil")) y = ceil(x * sc) / sc;
         else if (!strcmp(meth, "floor")) y = floor(x * sc) / sc;
@@ -2538,24 +2595,17 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
         return best;
     }
     if (!strcmp(f, "format")) {
-        jv s = to_str(r, v);
-        jj_buf b = {.a = &r->a, .limit = OUTPUT_LIMIT};
-        int ai = 0;
-        for (size_t i = 0; i < s.u.s.n; i++) {
-            char c = s.u.s.p[i];
-            if (c != '%' || i + 1 >= s.u.s.n) { jj_buf_putc(&b, c); continue; }
-            char d = s.u.s.p[++i];
-            if (d == '%') { jj_buf_putc(&b, '%'); continue; }
-            jv *x = arg(A, ai++, NULL);
-            if (!x) rfail(r, n, "not enough arguments for format string");
-            if (d == 's') jv_print(&b, *x, false);
-            else if (d == 'r') jv_print(&b, *x, true);
-            else if (d == 'd' || d == 'i') {
-                if (!is_num(*x)) rfail(r, n, "%%d format: a number is required");
-                jj_buf_printf(&b, "%lld", (long long)(x->t == JV_FLOAT ? (int64_t)x->u.f : x->u.i));
-            } else rfail(r, n, "unsupported format character '%c'", d);
+        if (A->npos && A->nkw) rfail(r, n, "can't handle positional and keyword arguments at the same time");
+        jv a;
+        if (A->nkw) {
+            a = jv_dict_new(&r->a, (size_t)A->nkw);
+            for (int k = 0; k < A->nkw; k++) jv_dict_set(&r->a, &a, jv_strref(A->kn[k], strlen(A->kn[k])), A->kv[k]);
+        } else {
+            a = jv_list_new(&r->a, (size_t)A->npos);
+            a.flags = JL_TUPLE;
+            for (int k = 0; k < A->npos; k++) jv_list_push(&r->a, &a, A->pos[k]);
         }
-        return jv_strref(b.p ? b.p : "", b.n);
+        return py_percent(r, n, to_str(r, v), a);
     }
     if (!strcmp(f, "indent")) {
         jv s = to_str(r, v);
@@ -2588,6 +2638,33 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
     }
     rfail(r, n, "no filter named '%s'", f);
     return v;
+}
+
+/* jinja2's select/reject/map/unique/items filters return generators, so an error in them
+ * only surfaces when the result is consumed: run the filter now, and on a template error
+ * return a generator that raises it when iterated (truthiness and printing do not). */
+static jv filter_lazily(R *r, const node *n, const char *f, jv v, args *A) {
+    jmp_buf saved;
+    memcpy(&saved, &r->jb, sizeof saved);
+    int depth = r->depth;
+    int rc = setjmp(r->jb);
+    if (rc == 0) {
+        jv res = do_filter(r, n, f, v, A);
+        memcpy(&r->jb, &saved, sizeof saved);
+        return res;
+    }
+    memcpy(&r->jb, &saved, sizeof saved);
+    if (rc != 1) longjmp(r->jb, rc); /* memory and output limits are not deferred */
+    r->depth = depth;
+    jv g = jv_list_new(&r->a, 1);
+    jv_list_push(&r->a, &g, mk_str(r, r->err, strlen(r->err)));
+    g.flags = JL_GEN | JL_POISON;
+    return g;
+}
+
+static bool is_lazy_filter(const char *f) {
+    static const char *const lazy[] = {"select", "reject", "selectattr", "rejectattr", "map", "unique", "items", NULL};
+    return in_list(lazy, f);
 }
 
 typedef struct sortctx { R *r; const node *n; bool cs; jv *attr; } sortctx;
@@ -2653,9 +2730,9 @@ static bool do_test(R *r, const node *n, const char *t, jv v, args *A) {
         }
         return cased;
     }
-    if (!strcmp(t, "odd") || !strcmp(t, "even")) {
-        if (!is_intlike(v)) rfail(r, n, "test '%s' needs an integer", t);
-        return (v.u.i % 2 != 0) == (t[0] == 'o');
+    if (!strcmp(t, "odd") || !strcmp(t, "even")) { /* value % 2 == 1 / == 0, Python semantics */
+        jv m = arith(r, n, '%', v, jv_int(2));
+        return jv_equal(m, jv_int(t[0] == 'o' ? 1 : 0));
     }
     if (!a0 && strcmp(t, "filter") && strcmp(t, "test")) rfail(r, n, "test '%s' needs an argument", t);
     if (!strcmp(t, "divisibleby")) {
@@ -2714,7 +2791,7 @@ static jv eval(R *r, const node *n, scope *sc) {
         jv v = eval(r, n->a, sc);
         args A;
         eval_args(r, n, sc, &A, NULL);
-        res = do_filter(r, n, n->name, v, &A);
+        res = is_lazy_filter(n->name) ? filter_lazily(r, n, n->name, v, &A) : do_filter(r, n, n->name, v, &A);
         break;
     }
     case E_TEST: {
