@@ -308,13 +308,10 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
         (rc = fm__load_vec(&m->ld, "model.norm.weight", H, true, &m->final_norm)))
         return rc;
     norm_offset(m, m->final_norm, H);
-    if (fm__st_find(m->st, "lm_head.weight")) {
-        if ((rc = fm__load_mat(&m->ld, "lm_head", V, H, true, &m->lm_head))) return rc;
-    } else if (c->tie_embeddings || !fm__st_find(m->st, "lm_head.weight")) {
-        if (!c->tie_embeddings && !fm__st_find(m->st, "lm_head.weight") &&
-            fm__st_find(m->st, "lm_head.scales"))
-            return fm__err(FM_ERR_FORMAT, "%s: missing tensor lm_head.weight", m->st->files[0].path);
-        m->lm_head = m->embed; /* tied (transformers drops lm_head.weight when tied) */
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed; /* tied: transformers and mlx-lm use the embedding */
+    } else if ((rc = fm__load_mat(&m->ld, "lm_head", V, H, true, &m->lm_head))) {
+        return rc;
     }
     for (int32_t l = 0; l < c->n_layers; l++) m->n_moe += fm__config_layer_is_moe(c, l);
     m->layers = fm__calloc((size_t)c->n_layers, sizeof *m->layers);
