@@ -52,10 +52,13 @@ static bool load_fixture(const char *dir, fixture *fx) {
 }
 
 /* Runs the fixture's tokens: decode = 0 one prefill, 1 one token at a time. */
+static int g_threads = 0;
+
 static float *run(const char *dir, const fixture *fx, int32_t capacity, int decode, int miss,
                   fm_model_info *info) {
     fm_model_params p;
     fm_model_params_default(&p);
+    p.n_threads = g_threads;
     p.capacity = capacity;
     p.n_ctx = fx->n;
     p.cache_dir = "";
@@ -340,6 +343,16 @@ int main(void) {
         CHECK(dec && ed <= 1e-4, "%s: decode rel err %.3g <= 1e-4", names[i], ed);
         CHECK(dec && same_argmax(dec, fx.ref, fx.n, fx.vocab), "%s: decode argmax equal at every position", names[i]);
         if (pre && strstr(names[i], "qwen3_next")) test_snapshots(dir, names[i], &fx, pre);
+        if (pre && (strstr(names[i], "qwen3_next_f32") || strstr(names[i], "qwen2_moe_f32"))) {
+            for (int th = 1; th <= 3; th += 2) {
+                g_threads = th;
+                float *p1 = run(dir, &fx, 0x7fffffff, 0, FM_MISS_EXACT, NULL);
+                g_threads = 0;
+                CHECK(p1 && memcmp(p1, pre, nl * 4) == 0, "%s: prefill with %d thread(s) bitwise equal to the default",
+                      names[i], th);
+                free(p1);
+            }
+        }
         int32_t caps[2] = {info.top_k, info.n_experts / 2};
         for (int c = 0; c < 2 && pre && dec; c++) {
             if (caps[c] < info.top_k) continue;
