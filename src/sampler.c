@@ -180,7 +180,7 @@ static int64_t build(fm__sampler *s, const fm_gen_params *p, const float *logits
         sum = 0;
         for (size_t i = 0; i < m; i++) sum += c[i].p;
     }
-    if (p->top_p > 0 && p->top_p < 1) {
+    if (p->top_p >= 0 && p->top_p < 1) { /* 0 keeps only the most probable token */
         double target = (double)p->top_p * sum;
         if (!sorted) {
             for (size_t ti = 0; ti < FM_ARRAY_LEN(thresholds); ti++) {

@@ -54,6 +54,9 @@ static void test_distributions(void) {
     const double tp1[V] = {1, 0, 0, 0, 0};
     fm__sampler_probs(&s, &p, lg, NULL, 0, pr);
     CHECK(close_all(pr, tp1, V, 1e-6), "top-p 0.35 keeps only the top token");
+    p.top_p = 0.0f;
+    fm__sampler_probs(&s, &p, lg, NULL, 0, pr);
+    CHECK(close_all(pr, tp1, V, 1e-6), "top-p 0 keeps only the top token");
 
     /* top-p after top-k renormalizes over top-k's set: {0.4,0.3,0.15}/0.85 with top_p 0.8:
      * 0.4/0.85=0.47 < 0.8, 0.7/0.85=0.82 >= 0.8 -> keep 2 */
