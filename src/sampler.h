@@ -12,8 +12,7 @@
  *  4. else logits / temperature, softmax, then (as Hugging Face's warpers do) top-k keeps
  *     the k most probable tokens; top-p keeps the smallest most-probable set whose mass,
  *     renormalized over what top-k kept, reaches top_p (0 keeps one token, >= 1 is off);
- *     min-p keeps tokens with
- *     p >= min_p * p_max. Ties in probability are ordered by lower id.
+ *     min-p keeps tokens with p >= min_p * p_max. Ties in probability are ordered by lower id.
  *  5. one uniform draw in [0, 1) from xoshiro256** (seeded by splitmix64; seed 0 means a
  *     fixed default seed) picks a token from the kept set, renormalized. */
 #ifndef FM_SAMPLER_H
