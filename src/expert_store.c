@@ -146,6 +146,100 @@ static int pread_exact(int fd, void *buf, uint64_t n, uint64_t off) {
     return 0;
 }
 
+#define PACK_THREADS 4
+
+typedef struct pack_ctx {
+    const fm__expert_map *map;
+    const ec_layout *lay;
+    ec_files *files;
+    const store_hdr *h;
+    uint64_t *sums, n;
+    int fd, fdd;
+    const char *tmp;
+    fm__progress_fn progress;
+    void *user;
+    pthread_mutex_t mu;
+    uint64_t next, done, since_sync;
+    int failed;
+    fm_status failed_st;
+    char err[640];
+} pack_ctx;
+
+static void pack_fail(pack_ctx *p, fm_status st, const char *msg) {
+    pthread_mutex_lock(&p->mu);
+    if (!p->failed) {
+        p->failed = 1;
+        p->failed_st = st;
+        snprintf(p->err, sizeof p->err, "expert store: %s", msg);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Packs experts taken from a shared counter: read from the checkpoint, checksum, write
+ * the blob at its offset (O_DIRECT where the filesystem allows it). */
+static void *pack_worker(void *arg) {
+    pack_ctx *p = arg;
+    uint64_t sb = p->lay->slot_bytes;
+    uint8_t *blob = fm__aligned_alloc(EC_ALIGN, (size_t)sb);
+    uint8_t *bounce = fm__aligned_alloc(EC_ALIGN, (size_t)fm__ec_bounce_bytes(p->lay));
+    if (!blob || !bounce) {
+        pack_fail(p, FM_ERR_NOMEM, "out of memory");
+        free(blob);
+        free(bounce);
+        return NULL;
+    }
+    char err[512];
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        uint64_t i = p->next++;
+        int stop = p->failed || i >= p->n;
+        int fdd = p->fdd;
+        pthread_mutex_unlock(&p->mu);
+        if (stop) break;
+        int32_t layer = (int32_t)(i / (uint64_t)p->map->n_experts);
+        int32_t e = (int32_t)(i % (uint64_t)p->map->n_experts);
+        memset(blob, 0, (size_t)sb);
+        int direct;
+        uint64_t nread;
+        if (fm__ec_read_ckpt(p->files, p->lay, layer, e, blob, bounce, &direct, &nread, err,
+                             sizeof err) != 0) {
+            pack_fail(p, FM_ERR_IO, err);
+            break;
+        }
+        p->sums[i] = fm__ec_checksum(blob, sb);
+        uint64_t off = p->h->blob_off + i * sb;
+        int wr = -1, buffered = 1;
+        if (fdd >= 0) {
+            wr = pwrite_full(fdd, blob, sb, off);
+            buffered = wr != 0 && errno == EINVAL;
+            if (buffered) {
+                pthread_mutex_lock(&p->mu);
+                p->fdd = -1; /* the filesystem refuses O_DIRECT writes: buffered from now on */
+                pthread_mutex_unlock(&p->mu);
+            }
+        }
+        if (buffered) wr = pwrite_full(p->fd, blob, sb, off);
+        if (wr != 0) {
+            snprintf(err, sizeof err, "writing %s at offset %llu: %s", p->tmp,
+                     (unsigned long long)off, strerror(errno));
+            pack_fail(p, FM_ERR_IO, err);
+            break;
+        }
+        pthread_mutex_lock(&p->mu);
+        p->done++;
+        if (buffered && (p->since_sync += sb) >= (64u << 20)) { /* bound dirty pages */
+            fdatasync(p->fd);
+            posix_fadvise(p->fd, 0, 0, POSIX_FADV_DONTNEED);
+            p->since_sync = 0;
+        }
+        if (p->progress) p->progress(p->user, (int64_t)p->done, (int64_t)p->n);
+        pthread_mutex_unlock(&p->mu);
+    }
+    free(blob);
+    free(bounce);
+    return NULL;
+}
+
 fm_status fm__store_pack(const fm__expert_map *map, const char *dir, fm__progress_fn progress,
                          void *user) {
     ec_layout lay;
@@ -160,12 +254,10 @@ fm_status fm__store_pack(const fm__expert_map *map, const char *dir, fm__progres
     store_hdr *h = fm__aligned_alloc(EC_ALIGN, (sizeof(store_hdr) + EC_ALIGN - 1) / EC_ALIGN * EC_ALIGN);
     uint64_t n = n_blobs(map);
     uint64_t *sums = fm__malloc_array((size_t)n, sizeof(uint64_t));
-    uint8_t *blob = fm__aligned_alloc(EC_ALIGN, (size_t)lay.slot_bytes);
-    uint8_t *bounce = fm__aligned_alloc(EC_ALIGN, (size_t)fm__ec_bounce_bytes(&lay));
     int fd = -1, fdd = -1;
     ec_files files;
     bool files_ok = false;
-    if (!path || !tmp || !h || !sums || !blob || !bounce) {
+    if (!path || !tmp || !h || !sums) {
         st = fm__err(FM_ERR_NOMEM, "expert store: out of memory");
         goto done;
     }
@@ -193,44 +285,30 @@ fm_status fm__store_pack(const fm__expert_map *map, const char *dir, fm__progres
         st = fm__err(FM_ERR_IO, "expert store: %s: %s", tmp, strerror(errno));
         goto done;
     }
-    char err[512];
-    uint64_t since_sync = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        int32_t layer = (int32_t)(i / (uint64_t)map->n_experts);
-        int32_t e = (int32_t)(i % (uint64_t)map->n_experts);
-        memset(blob, 0, (size_t)lay.slot_bytes);
-        int direct;
-        uint64_t nread;
-        if (fm__ec_read_ckpt(&files, &lay, layer, e, blob, bounce, &direct, &nread, err,
-                             sizeof err) != 0) {
-            st = fm__err(FM_ERR_IO, "expert store: %s", err);
-            goto done;
-        }
-        sums[i] = fm__ec_checksum(blob, lay.slot_bytes);
-        uint64_t off = h->blob_off + i * lay.slot_bytes;
-        int wr = -1;
-        if (fdd >= 0) {
-            wr = pwrite_full(fdd, blob, lay.slot_bytes, off);
-            if (wr != 0 && errno == EINVAL) {
-                close(fdd);
-                fdd = -1;
-            }
-        }
-        if (fdd < 0) {
-            wr = pwrite_full(fd, blob, lay.slot_bytes, off);
-            since_sync += lay.slot_bytes;
-            if (wr == 0 && since_sync >= (64u << 20)) { /* keep dirty pages bounded */
-                fdatasync(fd);
-                posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-                since_sync = 0;
-            }
-        }
-        if (wr != 0) {
-            st = fm__err(FM_ERR_IO, "expert store: writing %s at offset %llu: %s", tmp,
-                         (unsigned long long)off, strerror(errno));
-            goto done;
-        }
-        if (progress) progress(user, (int64_t)i + 1, (int64_t)n);
+    pack_ctx pc;
+    memset(&pc, 0, sizeof pc);
+    pc.map = map;
+    pc.lay = &lay;
+    pc.files = &files;
+    pc.h = h;
+    pc.sums = sums;
+    pc.n = n;
+    pc.fd = fd;
+    pc.fdd = fdd;
+    pc.tmp = tmp;
+    pc.progress = progress;
+    pc.user = user;
+    pthread_mutex_init(&pc.mu, NULL);
+    pthread_t th[PACK_THREADS];
+    int nth = 0;
+    for (; nth < PACK_THREADS; nth++)
+        if (pthread_create(&th[nth], NULL, pack_worker, &pc) != 0) break;
+    if (nth == 0) pack_worker(&pc);
+    for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&pc.mu);
+    if (pc.failed) {
+        st = fm__err(pc.failed_st, "%s", pc.err);
+        goto done;
     }
     h->table_sum = fm__ec_checksum(sums, 8 * n);
     h->hdr_sum = hdr_checksum(h);
@@ -259,7 +337,7 @@ done:
     if (fd >= 0) close(fd);
     if (st != FM_OK && tmp) unlink(tmp);
     if (files_ok) fm__ec_files_close(&files);
-    free(path); free(tmp); free(h); free(sums); free(blob); free(bounce);
+    free(path); free(tmp); free(h); free(sums);
     return st;
 }
 
