@@ -17,6 +17,7 @@
 #include "ec_internal.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,7 @@ struct fm__store {
     int fd, fd_direct, writable;
     store_hdr h;
     uint64_t *sums;
+    _Atomic unsigned char *verified; /* [blobs] checksum already verified by this process */
     int verify;
     int corrupt; /* a blob failed its checksum: invalidate on close */
     pthread_mutex_t mu;
@@ -420,6 +422,11 @@ fm_status fm__store_open(const fm__expert_map *map, const ec_layout *lay, const 
         fm__store_close(s);
         return st;
     }
+    s->verified = fm__calloc((size_t)n_blobs(map), sizeof *s->verified);
+    if (!s->verified) {
+        fm__store_close(s);
+        return fm__err(FM_ERR_NOMEM, "expert store: out of memory");
+    }
     const char *nd = getenv("FM_NO_DIRECT");
     if (!(nd && *nd && strcmp(nd, "0") != 0)) s->fd_direct = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
     /* warm-start state */
@@ -480,7 +487,13 @@ int fm__store_read(fm__store *s, int32_t layer, int32_t e, uint8_t *dst, char *e
                  errno ? strerror(errno) : "unexpected end of file");
         return -1;
     }
-    if (s->verify && fm__ec_checksum(dst, s->h.slot_bytes) != s->sums[i]) {
+    /* Each blob is verified the first time this process reads it (re-reads after an
+     * eviction are not: the bytes on disk were proven once). */
+    if (s->verify && !atomic_load_explicit(&s->verified[i], memory_order_relaxed)) {
+        if (fm__ec_checksum(dst, s->h.slot_bytes) == s->sums[i]) {
+            atomic_store_explicit(&s->verified[i], 1, memory_order_relaxed);
+            return 0;
+        }
         pthread_mutex_lock(&s->mu);
         s->corrupt = 1;
         pthread_mutex_unlock(&s->mu);
@@ -546,6 +559,7 @@ void fm__store_close(fm__store *s) {
     if (s->fd >= 0) close(s->fd);
     pthread_mutex_destroy(&s->mu);
     free(s->sums);
+    free((void *)s->verified);
     free(s->state);
     free(s->path);
     free(s);
