@@ -252,7 +252,9 @@ const char *jv_type_name(jv v) {
     case JV_INT: return "int";
     case JV_FLOAT: return "float";
     case JV_STR: return "str";
-    case JV_LIST: return (v.flags & JL_GEN) ? "generator" : (v.flags & JL_TUPLE) ? "tuple" : "list";
+    case JV_LIST:
+        return (v.flags & JL_GEN) ? "generator" : (v.flags & JL_TUPLE) ? "tuple" : (v.flags & JL_ITEMS) ? "dict_items"
+               : (v.flags & JL_KEYS) ? "dict_keys" : (v.flags & JL_VALUES) ? "dict_values" : "list";
     case JV_DICT: return "dict";
     case JV_NS: return "Namespace";
     case JV_LOOP: return "LoopContext";
@@ -464,7 +466,7 @@ bool jv_to_json(jj_buf *b, jv v, const jj_json_opts *o, int depth, jv *bad) {
         return true;
     case JV_STR: json_str(b, v.u.s.p, v.u.s.n, o->ensure_ascii); return true;
     case JV_LIST:
-        if (v.flags & JL_GEN) { *bad = v; return false; }
+        if (v.flags & (JL_GEN | JL_ITEMS | JL_KEYS | JL_VALUES)) { *bad = v; return false; }
         if (v.u.l->n == 0) { jj_buf_puts(b, "[]"); return true; }
         jj_buf_putc(b, '[');
         for (size_t i = 0; i < v.u.l->n; i++) {

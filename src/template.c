@@ -234,6 +234,7 @@ static bool is_ident(char c) { return is_ident_start(c) || (c >= '0' && c <= '9'
 static size_t lex_tag(P *p, size_t i, bool block, size_t open_off) {
     const char *s = p->s;
     size_t n = p->n;
+    char stack[MAX_PARSE_DEPTH + 1]; /* open brackets: the tag cannot end inside them (as jinja2) */
     int depth = 0;
     for (;;) {
         while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\f' || s[i] == '\v'))
@@ -243,7 +244,9 @@ static size_t lex_tag(P *p, size_t i, bool block, size_t open_off) {
             pos_of(p, open_off, &l, &c);
             pfail_at(p, l, c, "unexpected end of template: tag opened here is never closed");
         }
-        if (block) {
+        if (depth > 0) {
+            /* inside brackets "}}" and "%}" are operators */
+        } else if (block) {
             if (s[i] == '-' && n - i >= 3 && s[i + 1] == '%' && s[i + 2] == '}') {
                 push_tok(p, TK_BLOCK_END, i);
                 return skip_ws(s, n, i + 3);
@@ -337,9 +340,15 @@ static size_t lex_tag(P *p, size_t i, bool block, size_t open_off) {
             pos_of(p, i, &l, &cc);
             pfail_at(p, l, cc, "unexpected character '%c'", c);
         }
-        if (op == '(' || op == '[' || op == '{') depth++;
-        if (op == ')' || op == ']' || op == '}') depth--;
         tok *t = push_tok(p, TK_OP, i);
+        if (op == '(' || op == '[' || op == '{') {
+            if (depth == MAX_PARSE_DEPTH) pfail_at(p, t->line, t->col, "brackets nested too deeply");
+            stack[depth++] = op == '(' ? ')' : op == '[' ? ']' : '}';
+        } else if (op == ')' || op == ']' || op == '}') {
+            if (depth == 0) pfail_at(p, t->line, t->col, "unexpected '%c'", op);
+            if (stack[depth - 1] != op) pfail_at(p, t->line, t->col, "unexpected '%c', expected '%c'", op, stack[depth - 1]);
+            depth--;
+        }
         t->op = op;
         i += len;
     }
@@ -1702,7 +1711,10 @@ static jv py_percent(R *r, const node *n, jv fmt, jv argv) {
             jj_buf_printf(&b, "%lld", (long long)(x.t == JV_FLOAT ? (int64_t)x.u.f : x.u.i));
         } else rfail(r, n, "unsupported format character '%c'", c);
     }
-    if (!is_map && used < nargs) rfail(r, n, "not all arguments converted during string formatting");
+    /* as CPython: unused arguments are an error unless the argument is a mapping or a
+     * non-tuple sequence (PyMapping_Check) */
+    bool mappingish = is_map || (argv.t == JV_LIST && !is_tuple && !(argv.flags & JL_GEN));
+    if (!mappingish && used < nargs) rfail(r, n, "not all arguments converted during string formatting");
     return jv_strref(b.p ? b.p : "", b.n);
 }
 
@@ -1725,7 +1737,10 @@ static jv arith(R *r, const node *n, int op, jv a, jv b) {
             return jv_int(op == '%' ? m : q);
         }
         case OP_POW: {
-            if (y < 0) return jv_float(pow((double)x, (double)y));
+            if (y < 0) {
+                if (x == 0) rfail(r, n, "0.0 cannot be raised to a negative power");
+                return jv_float(pow((double)x, (double)y));
+            }
             int64_t res = 1, base = x;
             while (y) {
                 if (y & 1) { if (__builtin_mul_overflow(res, base, &res)) goto ovf; }
@@ -1750,7 +1765,10 @@ static jv arith(R *r, const node *n, int op, jv a, jv b) {
             if (m != 0 && ((m < 0) != (y < 0))) m += y;
             return jv_float(m);
         }
-        case OP_POW: return jv_float(pow(x, y));
+        case OP_POW:
+            if (x == 0 && y < 0) rfail(r, n, "0.0 cannot be raised to a negative power");
+            if (x < 0 && y != floor(y)) rfail(r, n, "complex results are not supported");
+            return jv_float(pow(x, y));
         }
     }
     if (op == '+' && a.t == JV_STR && b.t == JV_STR && ((a.flags ^ b.flags) & JS_MARKUP)) {
@@ -2474,8 +2492,7 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
             for (size_t i = l.u.l->n; i-- > 0;) jj_buf_put(&b, l.u.l->v[i].u.s.p, l.u.l->v[i].u.s.n);
             return jv_strref(b.p ? b.p : "", b.n);
         }
-        if (v.t == JV_DICT) rfail(r, n, "argument to reversed() must be a sequence");
-        jv l = iter_list(r, n, v);
+        jv l = iter_list(r, n, v); /* dicts reverse their keys */
         jv o = jv_list_new(&r->a, l.u.l->n);
         for (size_t i = l.u.l->n; i-- > 0;) jv_list_push(&r->a, &o, l.u.l->v[i]);
         return gen(o);
