@@ -119,7 +119,14 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         run_rows(p, &j);
         return;
     }
+    /* shape invariants the loader checks (fm__mat contract) */
+    FM_ASSERT(W->group > 0 && W->cols % W->group == 0 && W->bits >= 2 && W->bits <= 8);
     int64_t ng = W->cols / W->group;
+    if (ng == 0) {
+        for (int64_t b = 0; b < n; b++)
+            for (int64_t r = 0; r < W->rows; r++) Y[b * ldy + r] = 0;
+        return;
+    }
     if (ng > FM_XSUM_MAX) { /* too wide for the group-sum buffer: reference numerics */
         j.fn = fm__rows_scalar;
         run_rows(p, &j);
