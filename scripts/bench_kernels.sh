@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# bench_kernels.sh: the kernel and decode benchmark of issue 3 in one run.
+#   scripts/bench_kernels.sh [LAYERS] [extra flash-moe bench options]
+# Writes (once) a random-weight Qwen3-30B-A3B-shaped MLX 4-bit g64 checkpoint with LAYERS
+# layers (default 6: every per-layer shape is real, only the depth is cut so that it stays
+# resident next to other work) under .bench/ (git-ignored), then runs
+#   flash-moe bench --model DIR
+# which prints the read bandwidth (1 and all threads), the Q4/Q8/BF16 matvec GB/s next to
+# it, and the decode tok/s next to the bound (active bytes per token / bandwidth).
+set -eu
+cd "$(dirname "$0")/.."
+BIN=${FM_BIN:-build/flash-moe}
+LAYERS=${1:-6}
+[ $# -gt 0 ] && shift
+DIR=.bench/qwen3-30b-a3b-q4g64-l$LAYERS
+if [ ! -f "$DIR/config.json" ]; then
+    "$BIN" synth "$DIR" --preset qwen3-30b-a3b --layers "$LAYERS" -q 4 --group 64 --seed 1
+fi
+exec "$BIN" bench --model "$DIR" --seconds 1 --decode 32 "$@"
