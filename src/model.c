@@ -156,11 +156,10 @@ mlp_part:
         /* Mixtral checkpoints written by transformers 5 use "mlp" instead of its prefix. */
         char mp[240];
         snprintf(mp, sizeof mp, "%s.%s", p, a->moe_prefix);
-        fm__loader probe = *L;
-        if (!fm__has_experts(&probe, mp)) {
+        if (!fm__has_experts(L, mp)) {
             char alt[240];
             snprintf(alt, sizeof alt, "%s.mlp", p);
-            if (fm__has_experts(&probe, alt)) memcpy(mp, alt, sizeof mp);
+            if (fm__has_experts(L, alt)) memcpy(mp, alt, sizeof mp);
         }
         w->moe = (*moe_idx)++;
         if ((rc = fm__load_mat(L, MOD("%s.%s", mp, a->router_name), c->n_experts, H, true, &w->router)))
