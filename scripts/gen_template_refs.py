@@ -401,6 +401,41 @@ def _rand_template(rng):
     return "".join(parts)
 
 
+def _rand_ws_template(rng):
+    """Random whitespace around tags: trim_blocks / lstrip_blocks / -+ modifiers / comments / raw."""
+    texts = ["", " ", "  ", "\t", "\n", "\n\n", " \n ", "x", " y ", "\n  ", "\t\n", "a\n  b", "\r\n"]
+    out = []
+    depth = []
+    for _ in range(rng.randrange(2, 10)):
+        out.append(rng.choice(texts))
+        k = rng.randrange(8)
+        lm = rng.choice(["", "", "-", "+"])
+        rm = rng.choice(["", "", "-", "+"])
+        if k == 0:
+            out.append("{{%s %s %s}}" % (rng.choice(["", "-"]), rng.choice(["n", "'v'", "s"]), rng.choice(["", "-"])))
+        elif k == 1:
+            out.append("{%%%s if %s %s%%}" % (lm, rng.choice(["true", "false", "n"]), rm))
+            depth.append("endif")
+        elif k == 2:
+            out.append("{%%%s for i in [1, 2] %s%%}" % (lm, rm))
+            depth.append("endfor")
+        elif k == 3 and depth:
+            out.append("{%%%s %s %s%%}" % (lm, depth.pop(), rm))
+        elif k == 4:
+            out.append("{#%s c %s#}" % (rng.choice(["", "-"]), rng.choice(["", "-"])))
+        elif k == 5:
+            out.append("{%%%s raw %s%%}%s{{ r }}%s{%%%s endraw %s%%}" % (rng.choice(["", "-"]), rng.choice(["", "-"]), rng.choice(texts), rng.choice(texts), rng.choice(["", "-", "+"]), rng.choice(["", "-", "+"])))
+        elif k == 6:
+            out.append("{%%%s set z = 1 %s%%}" % (lm, rm))
+        else:
+            out.append("{{ i if i is defined else '.' }}")
+    while depth:
+        out.append(rng.choice(texts))
+        out.append("{%% %s %%}" % depth.pop())
+    out.append(rng.choice(texts))
+    return "".join(out)
+
+
 DIFF_CTX = {"s": "a,b,c", "n": 3, "f": 1.5, "l": [3, 1, 2], "d": {"a": 1, "k": "v"}, "b": True, "e": "",
             "m": {"role": "user", "content": "hi"}, "u": [{"a": 1}, {"a": 0}, {"b": 2}]}
 
@@ -418,7 +453,7 @@ def differential(count, seed, binary):
         sets += ["--set", "%s=%s" % (k, json.dumps(v))]
     bad = 0
     for i in range(count):
-        src = _rand_template(rng)
+        src = _rand_template(rng) if i % 2 == 0 else _rand_ws_template(rng)
         ctx = dict(DIFF_CTX, messages=[], tools=None, documents=None, add_generation_prompt=True)
         ref = render(src, ctx)
         with open(os.path.join(tmp, "chat_template.jinja"), "w") as f:
