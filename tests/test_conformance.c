@@ -297,6 +297,36 @@ static void test_snapshots(const char *dir, const char *name, const fixture *fx,
     ok = ok && fm__state_truncate(s, 0) == FM_OK && fm__forward(m, s, fx->tokens, fx->n, lg, 1) == FM_OK;
     CHECK(ok && memcmp(lg, pre, (size_t)fx->n * V * 4) == 0, "%s: truncate to 0 and rerun is bitwise equal", name);
     fm__state_free(s);
+    /* Through the public session API: a second call that extends the first reuses its
+     * state and gives the logits of one run over the whole text. */
+    fm_session *s1 = NULL;
+    fm_stats st;
+    int32_t nv = 0;
+    ok = fm_session_new(m, &s1) == FM_OK && fm_session_set_tokens(s1, fx->tokens, (size_t)a) == FM_OK &&
+         fm_session_set_tokens(s1, fx->tokens, (size_t)fx->n) == FM_OK;
+    const float *l1 = ok ? fm_session_logits(s1, &nv) : NULL;
+    if (ok) fm_session_stats(s1, &st);
+    CHECK(ok && l1 && nv == V && st.reused_tokens == a &&
+              memcmp(l1, pre + (size_t)(fx->n - 1) * V, (size_t)V * 4) == 0,
+          "%s: session turn 2 reuses %d tokens and its logits equal a fresh run bitwise", name, a);
+    /* A third call that diverges after the first a tokens rewinds to the snapshot at a. */
+    int32_t *alt = malloc((size_t)fx->n * sizeof *alt);
+    fm_session *s2 = NULL;
+    float *l3 = malloc((size_t)V * sizeof *l3);
+    for (int32_t i = 0; alt && i < fx->n; i++) alt[i] = i < a ? fx->tokens[i] : (fx->tokens[i] + 1) % V;
+    ok = ok && alt && l3 && fm_session_set_tokens(s1, alt, (size_t)fx->n) == FM_OK;
+    const float *l2 = ok ? fm_session_logits(s1, &nv) : NULL;
+    if (ok) fm_session_stats(s1, &st);
+    if (l2) memcpy(l3, l2, (size_t)V * 4);
+    ok = ok && l2 && st.reused_tokens == a && fm_session_new(m, &s2) == FM_OK &&
+         fm_session_set_tokens(s2, alt, (size_t)fx->n) == FM_OK;
+    const float *lf = ok ? fm_session_logits(s2, &nv) : NULL;
+    CHECK(ok && lf && memcmp(l3, lf, (size_t)V * 4) == 0,
+          "%s: a diverging turn rewinds to the snapshot at %d and matches a fresh session bitwise", name, a);
+    fm_session_free(s2);
+    free(alt);
+    free(l3);
+    fm_session_free(s1);
     fm_model_free(m);
     free(lg);
 }
