@@ -245,18 +245,28 @@ static int on_piece(const char *piece, size_t len, const fm_stats *st, void *use
     return job_cancelled(j);
 }
 
-/* Picks the session with the longest common token prefix; a new session (while fewer
- * than cfg.sessions exist) when none shares any; otherwise the least recently used. */
+/* Picks the session for a prompt of n tokens. Let l be a session's common prefix with the
+ * prompt and m the tokens it holds. The session with the longest l wins (a continuation,
+ * l == m, on ties) when it is a continuation or l covers at least half the prompt. Otherwise
+ * a conversation that merely shares a system prompt must not overwrite another's cache: a
+ * new session is made while fewer than cfg.sessions exist, else the least recently used
+ * one is taken. */
 static fm_session *pick_session(server *s, const int32_t *ids, size_t n) {
-    int best = -1;
+    int best = -1, best_cont = 0;
     size_t best_l = 0;
     for (int i = 0; i < s->n_sess; i++) {
         size_t m = 0;
         const int32_t *t = fm_session_tokens(s->sess[i], &m);
         size_t l = 0;
         while (t && l < m && l < n && t[l] == ids[l]) l++;
-        if (l > best_l) { best_l = l; best = i; }
+        int cont = m > 0 && l == m;
+        if (l > best_l || (l == best_l && l > 0 && cont && !best_cont)) {
+            best_l = l;
+            best = i;
+            best_cont = cont;
+        }
     }
+    if (best >= 0 && !best_cont && best_l * 2 < n) best = -1;
     if (best < 0) {
         if (s->n_sess < s->cfg.sessions) {
             fm_session *ns = NULL;

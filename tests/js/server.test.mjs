@@ -339,3 +339,21 @@ test('reasoning and Qwen3-Coder XML tool calls', async () => {
   const plain = await oa(think).chat.completions.create({ model: 'm', messages: msgs });
   assert.match(plain.choices[0].message.content, /^<tool_call>\n<function=get_weather>/);
 });
+
+test('interleaved conversations each keep their own KV cache (LRU of sessions)', async () => {
+  const c = oa(real);
+  const a = [{ role: 'user', content: 'Conversation A: please list three colours of the rainbow and explain each.' }];
+  const b = [{ role: 'user', content: 'Conversation B: describe how a bicycle gear works in a few sentences.' }];
+  const ra = await c.chat.completions.create({ model: 'm', messages: a, max_tokens: 6, temperature: 0 });
+  const rb = await c.chat.completions.create({ model: 'm', messages: b, max_tokens: 6, temperature: 0 });
+  a.push({ role: 'assistant', content: ra.choices[0].message.content }, { role: 'user', content: 'And a fourth?' });
+  b.push({ role: 'assistant', content: rb.choices[0].message.content }, { role: 'user', content: 'And brakes?' });
+  const ra2 = await c.chat.completions.create({ model: 'm', messages: a, max_tokens: 4, temperature: 0 });
+  const rb2 = await c.chat.completions.create({ model: 'm', messages: b, max_tokens: 4, temperature: 0 });
+  // each second turn reuses at least its whole first-turn prompt, although the other
+  // conversation ran in between
+  assert.ok(ra2.usage.prompt_tokens_details.cached_tokens >= ra.usage.prompt_tokens - 1,
+    `A: ${ra2.usage.prompt_tokens_details.cached_tokens} cached of ${ra.usage.prompt_tokens}`);
+  assert.ok(rb2.usage.prompt_tokens_details.cached_tokens >= rb.usage.prompt_tokens - 1,
+    `B: ${rb2.usage.prompt_tokens_details.cached_tokens} cached of ${rb.usage.prompt_tokens}`);
+});
