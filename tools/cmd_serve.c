@@ -76,12 +76,12 @@ int cmd_serve(int argc, char **argv) {
         {"--host", NULL, CLI_STR, &cfg.host, "address to bind (loopback by default)"},
         {"--port", "-p", CLI_INT, &cfg.port, "TCP port (0 = any free port, printed at start)"},
         {"--api-key", NULL, CLI_STR, &cfg.api_key, "require this key (Authorization: Bearer or x-api-key)"},
-        {"--max-tokens", NULL, CLI_INT, &cfg.max_tokens, "upper bound on tokens generated per request"},
+        {"--max-tokens", NULL, CLI_INT, &cfg.max_tokens, "upper bound on tokens generated per request (larger requests are clamped)"},
         {"--queue", NULL, CLI_INT, &cfg.queue, "requests that may wait for the generator (more get 429)"},
         {"--max-body", NULL, CLI_SIZE, &cfg.max_body, "request body limit in bytes (more gets 413)"},
         {"--sessions", NULL, CLI_INT, &cfg.sessions, "conversations whose KV cache is kept for prefix reuse"},
         {"--timeout", NULL, CLI_INT, &cfg.timeout, "idle connection timeout in seconds"},
-        {"--alias", NULL, CLI_STR, &alias, "model name to report (default: the model directory's name)"},
+        {"--alias", NULL, CLI_STR, &alias, "model name to report (none = the model directory's name)"},
         {"--force-completion", NULL, CLI_STR, &cfg.force_completion,
          "TESTING ONLY: answer every request with this text, streamed token by token"},
         CLI_MODEL_OPTS(&mo),
@@ -104,6 +104,7 @@ int cmd_serve(int argc, char **argv) {
 
     server *s = calloc(1, sizeof *s);
     if (!s) return 1;
+    cfg.stats = mo.stats;
     s->cfg = cfg;
     generation_defaults(dir, &s->defaults);
     pthread_mutex_init(&s->mu, NULL);

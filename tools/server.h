@@ -43,6 +43,7 @@ typedef struct srv_config {
     int32_t timeout;            /* idle connection timeout in seconds */
     const char *force_completion; /* testing only: fixed text instead of sampled tokens */
     const char *model_id;       /* name reported by /v1/models and in responses */
+    int stats;                  /* print speed and expert-cache statistics per generation */
 } srv_config;
 
 typedef struct srv_job srv_job;

@@ -348,6 +348,12 @@ static void run_job(server *s, srv_job *j) {
         fm_session_stats(se, &stats);
         j->completion_tokens = stats.generated_tokens;
         fin = fm_session_finish_reason(se);
+        if (s->cfg.stats)
+            fprintf(stderr, "flash-moe: TTFT %.1f ms, prefill %.1f tok/s, decode %.2f tok/s, expert cache "
+                    "hit rate %.1f%%, read %.3f GiB, io wait %.1f ms, RSS %.3f GiB, KV %.3f GiB\n",
+                    stats.ttft_ms, stats.prefill_tok_s, stats.decode_tok_s, stats.hit_rate * 100,
+                    (double)stats.bytes_read / 1073741824.0, stats.io_wait_ms,
+                    (double)stats.rss_bytes / 1073741824.0, (double)stats.kv_bytes / 1073741824.0);
     }
     if (st == FM_OK || st == FM_ERR_CANCELLED) {
         if (j->stop_hit) j->finish = FIN_STOPSEQ;
