@@ -11,7 +11,8 @@
 # Optional: TRACE=FILE writes the decode routing of the smallest capacity (for replay).
 #   scripts/bench_cache.sh [BUILD]   env: LAYERS (4), WARM (128), DECODE (16),
 #                                    WORK (/tmp/fm_bench_cache), STORE (1 = packed store,
-#                                    0 = checkpoint reads), PREFETCH (0/1), CAPS ("100 50 25 12.5")
+#                                    0 = checkpoint reads), PREFETCH (0/1), CAPS ("100 50 25 12.5"),
+#                                    COMPUTE_S (compute s/token for the bound when 100 is not in CAPS)
 set -u
 BUILD=${1:-build}
 BIN=$BUILD/flash-moe
@@ -62,7 +63,7 @@ nexp=$("$BIN" info "$M" --ctx 512 --capacity 8 --cache-dir "" 2>/dev/null | awk 
 
 printf "\n%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %9s\n" capacity "tok/s" "tok/s" "hit" "MB/tok" "I/O wait" "compute" "bound" "x bound" "GB/s" "peak RSS"
 printf "%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %9s\n" "" "mean" "median" "rate" "" "ms/tok" "ms/tok" "tok/s" "" "reads" ""
-compute_s=""
+compute_s=${COMPUTE_S:-}
 for pct in $CAPS; do
     cap=$(awk -v n="$nexp" -v p="$pct" 'BEGIN {c = int(n * p / 100); if (c < 8) c = 8; print c}')
     line=$(FM_NO_WARM=1 "$DRV" "$M" "$cap" "$WARM" "$DECODE" "$CD" "$PREFETCH" ${TRACE:+"$TRACE"} 2>&1 | tail -1)
@@ -77,6 +78,6 @@ for pct in $CAPS; do
                1 / mt, 100 * h / (h + m > 0 ? h + m : 1), bpt / 1e6, 1000 * w / n, 1000 * mc, bound,
                bound * mt, g, rss / 1048576 }'
 done
-echo "# bound = 1 / (bytes per token / disk bandwidth + median compute s per token of the 100% run)"
+echo "# bound = 1 / (bytes per token / disk bandwidth + median compute s per token of the 100% run: ${compute_s:-?} s)"
 echo "# x bound = median time per token / bound time per token (target <= 1.3); compute = time - I/O wait"
 echo "# medians resist other processes' bursts on a shared machine; the mean is shown too"

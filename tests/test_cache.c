@@ -341,6 +341,13 @@ static void trace_fn(void *user, int32_t layer, const int32_t *ids, int32_t n) {
     g_trace_n += n;
 }
 
+static char g_log[4096];
+static void capture_log(int level, const char *msg, void *user) {
+    (void)level; (void)user;
+    size_t n = strlen(g_log);
+    snprintf(g_log + n, sizeof g_log - n, "%s\n", msg);
+}
+
 static void test_skip(tmodel *t) {
     fm__ec_params p = params(3);
     p.miss_policy = FM_MISS_SKIP;
@@ -362,6 +369,17 @@ static void test_skip(tmodel *t) {
     fm__ec_get_stats2(c, &s);
     CHECK(s.hits == 2 && s.skipped == 2, "hits after loading");
     CHECK(g_trace_calls == 2 && g_trace_n == 4, "trace hook sees every routing");
+    fm__expert_w w2[2];
+    fm_status st = fm__ec_fetch(c, 0, ids, 2, w2);
+    fm__ec_get_stats2(c, &s);
+    CHECK(st == FM_OK && s.hits == 2 && s.misses == 2 && g_trace_calls == 2,
+          "in skip mode fetch counts nothing (note_routed did)");
+    g_log[0] = 0;
+    fm_set_log(capture_log, NULL, FM_LOG_INFO);
+    fm__ec_log_stats(c, FM_LOG_INFO);
+    fm_set_log(NULL, NULL, FM_LOG_ERROR);
+    CHECK(strstr(g_log, "2 skipped") && strstr(g_log, "hit rate per layer: 0:50% 1:0% 2:0%"),
+          "statistics block: skipped and per-layer hit rates (%s)", g_log);
     fm__ec_free(c);
 }
 
