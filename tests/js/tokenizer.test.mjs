@@ -90,6 +90,26 @@ for (const [name, spec] of Object.entries(TOKENIZERS)) {
   }
 }
 
+// BOS/EOS: `tokenize --add-special` against the reference's add_special_tokens=true.
+// DeepSeek-V3 is not compared: its tokenizer.json post_processor adds nothing, but its
+// tokenizer_config.json says LlamaTokenizerFast with add_bos_token=true, and Python
+// transformers' LlamaTokenizerFast rebuilds the post-processor from that flag (BOS added);
+// we follow transformers, transformers.js keeps the tokenizer.json post_processor.
+for (const [name, spec] of Object.entries(TOKENIZERS)) {
+  if (name === "deepseek_v3") {
+    console.log("not compared: add_special deepseek_v3: transformers adds BOS from add_bos_token, transformers.js does not");
+    continue;
+  }
+  const ref = spec.load();
+  const text = CASES.english;
+  test(`add_special ${name}`, () => {
+    const f = join(tmp, "in_special.txt");
+    writeFileSync(f, text);
+    const got = JSON.parse(execFileSync(BIN, ["tokenize", spec.dir(), "--text-file", f, "--add-special"], { encoding: "utf8" }));
+    assert.deepEqual(got, ref.encode(text, { add_special_tokens: true }));
+  });
+}
+
 // Variants: encode every variant case (and the corpus) and compare ids. Decoding is not
 // compared for the Metaspace variant: transformers.js strips only one leading space from
 // the first token where HF's Metaspace decoder drops every "\u2581" of the first token.
