@@ -250,8 +250,35 @@ static void think_feed(srv_job *j, const char *s, size_t n) {
     consume(&j->th, j->th.n - hold);
 }
 
+/* Copies s[0..n) with each invalid UTF-8 byte replaced by U+FFFD (as Hugging Face's
+ * decode with errors="replace" does), so replies are always valid JSON text. */
+static char *utf8_repair(const char *s, size_t n, size_t *out_n) {
+    srv_buf b = {0};
+    size_t i = 0;
+    while (i < n) {
+        size_t k = i;
+        while (k < n && (unsigned char)s[k] < 0x80) k++;
+        if (k > i) { sb_put(&b, s + i, k - i); i = k; continue; }
+        size_t len = 2;
+        unsigned c = (unsigned char)s[i];
+        if (c >= 0xE0) len = c >= 0xF0 ? 4 : 3;
+        if (i + len <= n && srv_utf8_valid(s + i, len)) sb_put(&b, s + i, len), i += len;
+        else sb_put(&b, "\xEF\xBF\xBD", 3), i++;
+    }
+    *out_n = b.n;
+    return b.oom ? (free(b.p), NULL) : b.p;
+}
+
 int srv_pipe_feed(srv_job *j, const char *s, size_t n) {
     if (j->stop_hit) return 1;
+    if (!srv_utf8_valid(s, n)) {
+        size_t rn = 0;
+        char *r = utf8_repair(s, n, &rn);
+        if (!r) return 1;
+        int ret = srv_pipe_feed(j, r, rn);
+        free(r);
+        return ret;
+    }
     if (j->n_stops == 0) { think_feed(j, s, n); return 0; }
     sb_put(&j->acc, s, n);
     if (j->acc.oom) return 1;
