@@ -393,6 +393,17 @@ static void test_no_decoder(void) {
     CHECK(st == FM_OK && strcmp(text, "a b ab") == 0, "no decoder: tokens joined by one space");
     free(text);
     fm__tok_free(t);
+    /* Split on a String pattern with behaviour Removed, and the Lowercase normalizer */
+    st = load_json("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},\"merges\":[\"a b\"]},"
+                   "\"normalizer\":{\"type\":\"Lowercase\"},"
+                   "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":\" \"},\"behavior\":\"Removed\",\"invert\":false}}", &t);
+    CHECK(st == FM_OK, "String-pattern Split loads [%s]", fm_last_error());
+    if (!t) return;
+    st = fm__tok_encode(t, "A B  AB", 7, 0, &ids, &n);
+    int32_t want2[] = {0, 1, 2};
+    CHECK(st == FM_OK && ids_eq(ids, n, want2, 3), "Split String Removed drops the delimiters; Lowercase");
+    free(ids);
+    fm__tok_free(t);
 }
 
 int main(void) {
