@@ -425,6 +425,11 @@ int srv_run(server *s) {
         srv_queue_stop(s);
         return 1;
     }
+    int loopback = strcmp(s->cfg.host, "localhost") == 0 || strncmp(s->cfg.host, "127.", 4) == 0 ||
+                   strcmp(s->cfg.host, "::1") == 0;
+    if (!loopback && !s->cfg.api_key)
+        fprintf(stderr, "flash-moe: warning: listening on %s without --api-key: anyone who can reach "
+                "this address can use the model\n", s->cfg.host);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     int bound = di ? di->port : s->cfg.port;
     fprintf(stderr, "flash-moe: serving %s on http://%s:%d (queue %d, max body %lld bytes%s)\n",
