@@ -1,12 +1,13 @@
 /* dispatch.c: fm__matmul for the CPU backend. Picks the kernel path once at run time
- * (cpuid on x86-64, NEON on ARM64, scalar elsewhere; fm__kernel_force overrides it for
- * tests), makes the per-call group sums of X that the quantized SIMD kernels need, and
+ * (cpuid on x86-64, NEON on ARM64, scalar elsewhere; $FM_KERNEL names another available
+ * path, fm__kernel_force overrides it for tests), makes the per-call group sums of X that the quantized SIMD kernels need, and
  * splits the output rows over the thread pool. Work is split only over rows, so results
  * are bitwise the same for any thread count and any batch size. */
 #include "backend/cpu/kern.h"
 #include "common.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -19,20 +20,29 @@ typedef struct {
 
 static int avail_yes(void) { return 1; }
 #if defined(__x86_64__) || defined(__i386__)
-static int avail_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+#include <cpuid.h>
+
+/* cpuid feature bits, with the OS saving the registers (XCR0) checked too. */
+static struct { int avx2, avx512, vnni; } g_x86;
+static pthread_once_t g_x86_once = PTHREAD_ONCE_INIT;
+
+static void x86_probe(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!osxsave || !avx) return;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    int ymm = (xlo & 0x6) == 0x6, zmm = (xlo & 0xE6) == 0xE6;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    int avx2 = (b >> 5) & 1, f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+    g_x86.avx2 = ymm && avx2 && fma && f16c;
+    g_x86.avx512 = g_x86.avx2 && zmm && f && dq && bw && vl;
+    g_x86.vnni = g_x86.avx512 && ((c >> 11) & 1);
 }
-static int avail_avx512(void) {
-    __builtin_cpu_init();
-    return avail_avx2() && __builtin_cpu_supports("avx512f") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq");
-}
-static int avail_avx512vnni(void) {
-    return avail_avx512() && __builtin_cpu_supports("avx512vnni");
-}
+static int avail_avx2(void) { pthread_once(&g_x86_once, x86_probe); return g_x86.avx2; }
+static int avail_avx512(void) { pthread_once(&g_x86_once, x86_probe); return g_x86.avx512; }
+static int avail_avx512vnni(void) { pthread_once(&g_x86_once, x86_probe); return g_x86.vnni; }
 #endif
 
 /* Best first. */
@@ -50,7 +60,11 @@ static const kpath g_paths[] = {
 static const kpath *g_cur;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
+/* The best available path, or the one named by $FM_KERNEL when it is available. */
 static void pick_path(void) {
+    const char *env = getenv("FM_KERNEL");
+    for (size_t i = 0; env && *env && i < FM_ARRAY_LEN(g_paths); i++)
+        if (strcmp(g_paths[i].name, env) == 0 && g_paths[i].avail()) { g_cur = &g_paths[i]; return; }
     for (size_t i = 0; i < FM_ARRAY_LEN(g_paths); i++)
         if (g_paths[i].avail()) { g_cur = &g_paths[i]; return; }
 }
