@@ -1,7 +1,7 @@
 /* dispatch.c: fm__matmul for the CPU backend. Picks the kernel path once at run time
  * (cpuid on x86-64, NEON on ARM64, scalar elsewhere; $FM_KERNEL names another available
- * path, fm__kernel_force overrides it for tests), makes the per-call group sums of X that the quantized SIMD kernels need, and
- * splits the output rows over the thread pool. Work is split only over rows, so results
+ * path, fm__kernel_force overrides it for tests), makes the per-call preparations of X
+ * that the quantized SIMD kernels need, and splits the output rows over the thread pool. Work is split only over rows, so results
  * are bitwise the same for any thread count and any batch size. */
 #include "backend/cpu/kern.h"
 #include "common.h"
