@@ -10,7 +10,13 @@
  * weight * expert(x). Each expert runs once per batch over all tokens routed to it,
  * whatever the cache holds; experts are fetched in chunks of at most the cache capacity
  * and their per-(token, rank) outputs kept until all chunks ran, so logits are bitwise the
- * same at any capacity, and (with batch-independent kernels) in prefill and decode. */
+ * same at any capacity, and (with batch-independent kernels) in prefill and decode.
+ *
+ * Layers whose config marks them linear (qwen3_next) run the architecture's token mixer
+ * (arch.h fm__mixer) on a flat recurrent state instead of attention over the KV cache. That
+ * state cannot be cut back like a KV cache, so fm__state_snapshot copies it (the last
+ * N_SNAP positions) and fm__state_truncate restores a copy; the mixer processes tokens one
+ * at a time in every batch, so a continued run is bitwise equal to an uninterrupted one. */
 #include "model.h"
 #include "arch.h"
 #include "backend/ops.h"
