@@ -676,7 +676,7 @@ static fm_status bpe_chunk(enc_ctx *c, const char *w, size_t n) {
             centry *e = &c->cache[i];
             if (e->h == h && e->klen == n && memcmp(c->ckeys.p + e->koff, w, n) == 0) {
                 if (ib_reserve(&c->out, e->in)) return nomem();
-                memcpy(c->out.p + c->out.n, c->cids.p + e->ioff, e->in * sizeof(int32_t));
+                if (e->in) memcpy(c->out.p + c->out.n, c->cids.p + e->ioff, e->in * sizeof(int32_t));
                 c->out.n += e->in;
                 return FM_OK;
             }
@@ -708,7 +708,7 @@ static fm_status bpe_chunk(enc_ctx *c, const char *w, size_t n) {
     size_t cnt = c->out.n - before;
     centry e = {h, (uint32_t)c->ckeys.n, (uint32_t)n, (uint32_t)c->cids.n, (uint32_t)cnt};
     if (sb_put(&c->ckeys, w, n) || ib_reserve(&c->cids, cnt)) return nomem();
-    memcpy(c->cids.p + c->cids.n, c->out.p + before, cnt * sizeof(int32_t));
+    if (cnt) memcpy(c->cids.p + c->cids.n, c->out.p + before, cnt * sizeof(int32_t));
     c->cids.n += cnt;
     uint32_t i = (uint32_t)h & c->cmask;
     while (c->cache[i].klen != UINT32_MAX) i = (i + 1) & c->cmask;

@@ -403,6 +403,12 @@ static void test_no_decoder(void) {
     int32_t want2[] = {0, 1, 2};
     CHECK(st == FM_OK && ids_eq(ids, n, want2, 3), "Split String Removed drops the delimiters; Lowercase");
     free(ids);
+    /* a character outside the vocabulary with no unk and no byte_fallback is dropped (HF),
+     * also when its word comes again from the cache */
+    st = fm__tok_encode(t, "x A x B x", 9, 0, &ids, &n);
+    int32_t want3[] = {0, 1};
+    CHECK(st == FM_OK && ids_eq(ids, n, want3, 2), "unknown characters without unk_token are dropped");
+    free(ids);
     fm__tok_free(t);
 }
 
