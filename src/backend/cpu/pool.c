@@ -120,10 +120,16 @@ fm__pool *fm__pool_new(int n_threads) {
     if (n_threads > 1) {
         p->th = fm__calloc((size_t)n_threads - 1, sizeof *p->th);
         if (!p->th) { fm__pool_free(p); return NULL; }
+        /* Kernels keep per-call buffers on the stack (~100 KB): do not depend on the
+         * platform's default thread stack size. */
+        pthread_attr_t attr;
+        int have_attr = pthread_attr_init(&attr) == 0;
+        if (have_attr) pthread_attr_setstacksize(&attr, 2u << 20);
         for (int i = 0; i < n_threads - 1; i++) {
-            if (pthread_create(&p->th[i], NULL, worker_main, p) != 0) break;
+            if (pthread_create(&p->th[i], have_attr ? &attr : NULL, worker_main, p) != 0) break;
             p->n_workers++;
         }
+        if (have_attr) pthread_attr_destroy(&attr);
         p->n = p->n_workers + 1;
     }
     return p;
