@@ -39,7 +39,7 @@ run_ttft=$(printf '%s\n' "${ttft[@]}" | median)
 
 # ---- through the API ----
 log=$(mktemp)
-"$BIN" serve "${MODEL[@]}" "${TOPT[@]}" --port 0 --max-tokens "$N" 2>"$log" &
+"$BIN" serve "${MODEL[@]}" "${TOPT[@]}" --port 0 --max-tokens "$N" --stats 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -f "$log"' EXIT
 port=
@@ -77,27 +77,39 @@ async function once(prompt) {
   return { ttft: first - t0, total: last - t0, n, cached: usage.prompt_tokens_details.cached_tokens };
 }
 const med = (a) => { a = [...a].sort((x, y) => x - y); return a.length % 2 ? a[(a.length - 1) / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2; };
-const cold = [], warm = [], decs = [];
+const cold = [], warm = [], decs = [], totals = [];
 for (let k = 0; k < R; k++) {
   const c = await once(`(${k} ${Date.now()}) ` + process.env.PROMPT); // new prefix: nothing reused
-  cold.push(c.ttft); decs.push(c.total);
+  cold.push(c.ttft); decs.push(c.total); totals.push(c.total);
   const w = await once(process.env.PROMPT); // same prompt again: prefix reused
   if (k > 0) warm.push(w.ttft);
-  decs.push(w.total - w.ttft + c.ttft);
+  decs.push(w.total - w.ttft + c.ttft); totals.push(w.total);
   if (c.n !== N) throw new Error(`generated ${c.n} tokens, not ${N}`);
 }
-console.log((N / (med(decs) / 1000)).toFixed(2), med(cold).toFixed(2), med(warm.length ? warm : cold).toFixed(2));
+console.log((N / (med(decs) / 1000)).toFixed(2), med(cold).toFixed(2), med(warm.length ? warm : cold).toFixed(2), totals.reduce((a, b) => a + b, 0).toFixed(3));
 ')
-read -r api_tps api_cold api_warm <<<"$api"
-kill -TERM $pid; wait $pid || true; trap - EXIT; rm -f "$log"
+read -r api_tps api_cold api_warm api_total_ms <<<"$api"
+kill -TERM $pid; wait $pid || true; trap - EXIT
+# the library's own decode speed inside the server (its --stats lines)
+srv_dec=$(grep -o 'decode [0-9.]* tok/s, expert' "$log" | grep -o '[0-9.]*' | median)
+srv_ttft=$(grep -o 'TTFT [0-9.]* ms, prefill' "$log" | grep -o '[0-9.]*' | median)
+# the library's time for the same requests: TTFT + (N-1)/decode each
+lib_total_ms=$(grep -o 'TTFT [0-9.]* ms, prefill [0-9.]* tok/s, decode [0-9.]* tok/s' "$log" |
+    awk -v n="$N" '{ t += $2 + (n - 1) / $8 * 1000 } END { printf "%.3f", t }')
+rm -f "$log"
 
 # direct: N tokens in TTFT + (N-1)/decode seconds, as the library measured them
 run_tps=$(awk -v t="$run_ttft" -v d="$run_dec" -v n="$N" 'BEGIN { printf "%.2f", n / (t / 1000 + (n - 1) / d) }')
-printf '\n%-36s %14s %14s %10s\n' "" "decode tok/s" "N tok / time" "TTFT ms"
-printf '%-36s %14s %14s %10s\n' "flash-moe run (direct, in-library)" "$run_dec" "$run_tps" "$run_ttft"
-printf '%-36s %14s %14s %10s\n' "serve, streaming, cold prompt" "" "$api_tps" "$api_cold"
-printf '%-36s %14s %14s %10s\n' "serve, streaming, repeated prompt" "" "" "$api_warm"
-awk -v a="$api_tps" -v r="$run_tps" -v n="$N" 'BEGIN { printf "\nAPI overhead on %d tokens: %.1f%% of throughput, %.0f us per token\n", n, (r - a) / r * 100, (n / a - n / r) / n * 1e6 }'
-echo "(direct: time measured inside the library, prefill + decode; API: request sent to last content"
-echo " byte over loopback, HTTP, JSON and SSE included; cold = a new prompt prefix, repeated = the"
-echo " same prompt again, its prefix reused from the KV cache)"
+printf '\n%-40s %14s %14s %10s\n' "" "decode tok/s" "N tok / time" "TTFT ms"
+printf '%-40s %14s %14s %10s\n' "flash-moe run (own process, in-library)" "$run_dec" "$run_tps" "$run_ttft"
+printf '%-40s %14s %14s %10s\n' "serve: the library inside the server" "$srv_dec" "" "$srv_ttft"
+printf '%-40s %14s %14s %10s\n' "serve: client view, cold prompt" "" "$api_tps" "$api_cold"
+printf '%-40s %14s %14s %10s\n' "serve: client view, repeated prompt" "" "" "$api_warm"
+awk -v a="$api_total_ms" -v l="$lib_total_ms" -v n="$N" -v r="$R" 'BEGIN {
+    k = 2 * r * n
+    printf "\nHTTP/JSON/SSE overhead: %.0f us per token (%.1f%% of the client-side time), over %d requests\n",
+           (a - l) / k * 1000, (a - l) / a * 100, 2 * r }'
+echo "(decode tok/s and TTFT of run and of the library inside the server are the library's own"
+echo " figures; the client view is request sent to last content byte over loopback; cold = a new"
+echo " prompt prefix, repeated = the same prompt again, its prefix reused from the KV cache. run"
+echo " starts with a cold expert cache each time, the server keeps its cache across requests.)"
