@@ -172,6 +172,26 @@ def conversations():
     c["empty_messages_content"] = {"messages": [{"role": "user", "content": ""}]}
     c["system_only"] = {"messages": [{"role": "system", "content": "System only."}]}
     c["bad_roles"] = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+    c["multi_system"] = {"messages": [{"role": "system", "content": "First rule."},
+                                      {"role": "system", "content": "Second rule."},
+                                      {"role": "user", "content": "Go"}]}
+    c["tool_response_in_user"] = {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Bern?"},
+        {"role": "assistant", "content": "", "reasoning_content": "Need the tool.",
+         "tool_calls": [call("get_weather", {"city": "Bern"}, False)]},
+        {"role": "user", "content": "<tool_response>\n12 C\n</tool_response>"},
+        {"role": "assistant", "content": "It is 12 C.", "reasoning_content": None}]}
+    c["tool_content_structured"] = {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Kyiv?"},
+        {"role": "assistant", "content": "", "tool_calls": [call("get_weather", {"city": "Kyiv"}, False)]},
+        {"role": "tool", "content": [{"output": "5 C"}, {"output": "windy"}]},
+        {"role": "ipython", "content": {"temp": 5, "unit": "C"}}]}
+    c["long_reasoning_chain"] = {"messages": [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "<think>a</think>A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "<think>\nb\n</think>\nA2", "tool_calls": []},
+        {"role": "assistant", "content": "A3 without thinking"}]}
     return c
 
 
