@@ -2685,36 +2685,37 @@ static bool is_lazy_filter(const char *f) {
 }
 
 typedef struct sortctx { R *r; const node *n; bool cs; jv *attr; } sortctx;
-static sortctx *g_sort; /* qsort has no context argument in C11; set only during sort_list */
 
-static int sort_cmp(const void *x, const void *y) {
-    sortctx *c = g_sort;
-    jv a = *(const jv *)x, b = *(const jv *)y;
+static int sort_cmp(const sortctx *c, const jv *x, const jv *y) {
+    jv a = *x, b = *y;
     if (c->attr) { a = attr_path(c->r, c->n, a, *c->attr); b = attr_path(c->r, c->n, b, *c->attr); }
     if (!c->cs) { a = lower_if_str(c->r, a); b = lower_if_str(c->r, b); }
     return cmp_vals(c->r, c->n, a, b);
 }
 
+/* Stable merge sort of a[0..k) using tmp (Python's sort is stable, also with reverse). */
+static void merge_sort(const sortctx *sc, jv *a, jv *tmp, size_t k, bool reverse) {
+    if (k < 2) return;
+    size_t h = k / 2;
+    merge_sort(sc, a, tmp, h, reverse);
+    merge_sort(sc, a + h, tmp, k - h, reverse);
+    size_t i = 0, j = h, o = 0;
+    while (i < h && j < k) {
+        step(sc->r, sc->n);
+        int c = sort_cmp(sc, &a[j], &a[i]);
+        bool take_right = reverse ? c > 0 : c < 0;
+        tmp[o++] = take_right ? a[j++] : a[i++];
+    }
+    while (i < h) tmp[o++] = a[i++];
+    while (j < k) tmp[o++] = a[j++];
+    memcpy(a, tmp, k * sizeof(jv));
+}
+
 static jv sort_list(R *r, const node *n, jv l, bool reverse, bool case_sens, jv *attr) {
     jv c = jv_list_new(&r->a, l.u.l->n);
     for (size_t i = 0; i < l.u.l->n; i++) jv_list_push(&r->a, &c, l.u.l->v[i]);
-    /* stable insertion sort (Python's sort is stable); lists in templates are small */
     sortctx sc = {r, n, case_sens, attr};
-    sortctx *saved = g_sort;
-    g_sort = &sc;
-    jv *a = c.u.l->v;
-    for (size_t i = 1; i < c.u.l->n; i++) {
-        jv x = a[i];
-        size_t j = i;
-        while (j > 0) {
-            int cmp = sort_cmp(&a[j - 1], &x);
-            if (reverse ? cmp >= 0 : cmp <= 0) break;
-            a[j] = a[j - 1];
-            j--;
-        }
-        a[j] = x;
-    }
-    g_sort = saved;
+    if (c.u.l->n > 1) merge_sort(&sc, c.u.l->v, jj_alloc(&r->a, c.u.l->n * sizeof(jv)), c.u.l->n, reverse);
     return c;
 }
 
