@@ -1424,6 +1424,12 @@ static jv mk_tuple2(R *r, jv a, jv b) {
     return t;
 }
 
+/* A NUL-terminated copy of a string value (values may be slices of longer strings). */
+static const char *zstr(R *r, jv v) {
+    if (v.u.s.p[v.u.s.n] == 0) return v.u.s.p;
+    return jj_strndup(&r->a, v.u.s.p, v.u.s.n);
+}
+
 /* Re-raises the error a lazy generator hit when it is finally consumed. */
 static void raise_poison(R *r, jv g) {
     jv m = g.u.l->v[0];
@@ -1499,8 +1505,10 @@ static bool contains(R *r, const node *n, jv item, jv seq) {
         return memmem(seq.u.s.p, seq.u.s.n, item.u.s.p, item.u.s.n) != NULL;
     case JV_LIST:
         if (seq.flags & JL_POISON) raise_poison(r, seq);
-        for (size_t i = 0; i < seq.u.l->n; i++)
+        for (size_t i = 0; i < seq.u.l->n; i++) {
+            step(r, n);
             if (jv_equal(seq.u.l->v[i], item)) return true;
+        }
         return false;
     case JV_DICT:
         if ((item.t == JV_LIST && !(item.flags & JL_TUPLE)) || item.t == JV_DICT)
@@ -1583,7 +1591,7 @@ static jv getitem_v(R *r, const node *n, jv obj, jv key) {
     case JV_DICT: {
         jv *v = jv_dict_getv(obj.u.d, key);
         if (v) return *v;
-        if (key.t == JV_STR && in_list(DICT_METHODS, key.u.s.p)) return bound(r, obj, key.u.s.p);
+        if (key.t == JV_STR && in_list(DICT_METHODS, zstr(r, key))) return bound(r, obj, zstr(r, key));
         break;
     }
     case JV_LIST:
@@ -1602,10 +1610,10 @@ static jv getitem_v(R *r, const node *n, jv obj, jv key) {
                 size_t k = jj_utf8_dec(obj.u.s.p + off, obj.u.s.n - off, &cp);
                 return jv_strref(obj.u.s.p + off, k);
             }
-        } else if (key.t == JV_STR && in_list(STR_METHODS, key.u.s.p)) return bound(r, obj, key.u.s.p);
+        } else if (key.t == JV_STR && in_list(STR_METHODS, zstr(r, key))) return bound(r, obj, zstr(r, key));
         break;
     case JV_NS: case JV_LOOP:
-        if (key.t == JV_STR) return getattr_v(r, n, obj, key.u.s.p, key.u.s.n);
+        if (key.t == JV_STR) return getattr_v(r, n, obj, zstr(r, key), key.u.s.n);
         break;
     default: break;
     }
@@ -2357,7 +2365,7 @@ static jv select_like(R *r, const node *n, jv v, args *A, bool attr_mode, bool w
     }
     jv *tname = arg(A, base, NULL);
     const char *test = NULL;
-    if (tname) test = str_arg(r, n, tname, "test name").u.s.p;
+    if (tname) test = zstr(r, str_arg(r, n, tname, "test name"));
     if (test && !in_list(TESTS, test)) rfail(r, n, "no test named '%s'", test);
     args TA = {A->pos + base + 1, A->npos > base + 1 ? A->npos - base - 1 : 0, A->kn, A->kv, 0};
     for (size_t i = 0; i < l.u.l->n; i++) {
@@ -2511,9 +2519,10 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
             return gen(out);
         }
         jv fname = str_arg(r, n, arg(A, 0, NULL), "map");
-        if (!in_list(FILTERS, fname.u.s.p)) rfail(r, n, "no filter named '%s'", fname.u.s.p);
+        const char *fz = zstr(r, fname);
+        if (!in_list(FILTERS, fz)) rfail(r, n, "no filter named '%s'", fz);
         args FA = {A->pos + 1, A->npos > 1 ? A->npos - 1 : 0, A->kn, A->kv, A->nkw};
-        for (size_t i = 0; i < l.u.l->n; i++) jv_list_push(&r->a, &out, do_filter(r, n, fname.u.s.p, l.u.l->v[i], &FA));
+        for (size_t i = 0; i < l.u.l->n; i++) jv_list_push(&r->a, &out, do_filter(r, n, fz, l.u.l->v[i], &FA));
         return gen(out);
     }
     if (!strcmp(f, "selectattr")) return select_like(r, n, v, A, true, true);
@@ -2585,7 +2594,7 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
     if (!strcmp(f, "round")) {
         int64_t prec = int_arg(r, n, arg(A, 0, "precision"), 0, "round");
         jv *m = arg(A, 1, "method");
-        const char *meth = m && m->t == JV_STR ? m->u.s.p : "common";
+        const char *meth = m && m->t == JV_STR ? zstr(r, *m) : "common";
         if (!is_num(v)) rfail(r, n, "round: expected a number");
         if (is_intlike(v) && !strcmp(meth, "common")) return jv_int(v.u.i); /* round(int, n) is an int */
         double x = num_f(v), sc = pow(10.0, (double)prec), y;
@@ -2651,7 +2660,7 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
     }
     if (!strcmp(f, "attr")) {
         jv a = str_arg(r, n, arg(A, 0, "name"), "attr");
-        return getattr_v(r, n, v, a.u.s.p, a.u.s.n);
+        return getattr_v(r, n, v, zstr(r, a), a.u.s.n);
     }
     rfail(r, n, "no filter named '%s'", f);
     return v;
@@ -2761,8 +2770,8 @@ static bool do_test(R *r, const node *n, const char *t, jv v, args *A) {
     if (!strcmp(t, "ne") || !strcmp(t, "!=")) return !jv_equal(v, *a0);
     if (!strcmp(t, "sameas")) return v.t == a0->t && jv_equal(v, *a0);
     if (!strcmp(t, "in")) return contains(r, n, v, *a0);
-    if (!strcmp(t, "filter")) return v.t == JV_STR && in_list(FILTERS, v.u.s.p);
-    if (!strcmp(t, "test")) return v.t == JV_STR && in_list(TESTS, v.u.s.p);
+    if (!strcmp(t, "filter")) return v.t == JV_STR && in_list(FILTERS, zstr(r, v));
+    if (!strcmp(t, "test")) return v.t == JV_STR && in_list(TESTS, zstr(r, v));
     int c = cmp_vals(r, n, v, *a0);
     if (!strcmp(t, "lt") || !strcmp(t, "<")) return c < 0;
     if (!strcmp(t, "le") || !strcmp(t, "<=")) return c <= 0;
