@@ -16,6 +16,7 @@ typedef struct {
     int (*avail)(void);
     /* 4- and 8-bit affine activation digits (fm__kargs.xq), or NULL */
     void (*xq_prep)(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
+    int xq8; /* the digits are used for 8-bit weights too */
 } kpath;
 
 static int avail_yes(void) { return 1; }
@@ -48,14 +49,14 @@ static int avail_avx512vnni(void) { pthread_once(&g_x86_once, x86_probe); return
 /* Best first. */
 static const kpath g_paths[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx512vnni", fm__rows_avx512vnni, avail_avx512vnni, fm__xq_prep_avx512},
-    {"avx512", fm__rows_avx512, avail_avx512, NULL},
-    {"avx2", fm__rows_avx2, avail_avx2, NULL},
+    {"avx512vnni", fm__rows_avx512vnni, avail_avx512vnni, fm__xq_prep_avx512, 1},
+    {"avx512", fm__rows_avx512, avail_avx512, NULL, 0},
+    {"avx2", fm__rows_avx2, avail_avx2, fm__xq_prep_avx2, 0},
 #endif
 #if defined(__aarch64__)
-    {"neon", fm__rows_neon, avail_yes, NULL},
+    {"neon", fm__rows_neon, avail_yes, NULL, 0},
 #endif
-    {"scalar", fm__rows_scalar, avail_yes, NULL},
+    {"scalar", fm__rows_scalar, avail_yes, NULL, 0},
 };
 static const kpath *g_cur;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -146,7 +147,7 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         run_rows(p, &j);
         return;
     }
-    int use_xq = k->xq_prep && (W->bits == 4 || W->bits == 8) && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
+    int use_xq = k->xq_prep && (W->bits == 4 || (W->bits == 8 && k->xq8)) && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
     float xs[XS_FLOATS];
     _Alignas(64) int8_t xq[XQ_BYTES];
     int64_t per = XS_FLOATS / ng;

@@ -12,8 +12,8 @@
 typedef struct fm__kargs {
     const float *xs;   /* group sums of X (fm__xsum): FM_W_QAFFINE on the SIMD paths */
     int64_t ldxs;
-    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep): 4- and 8-bit */
-    int64_t ldxq;      /*   affine on the avx512vnni path */
+    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep_*): 4- and 8-bit */
+    int64_t ldxq;      /*   affine on the avx512vnni path, 4-bit on the avx2 path */
     const float *xqs;  /* the scale of each 64-column chunk of xq */
     int64_t ldxqs;
 } fm__kargs;
@@ -37,6 +37,9 @@ FM_ROWS_DECL(fm__rows_avx512vnni);
  * the order even then odd for bits == 4, in order otherwise) and s[chunk] = 2^(e-22)
  * where 2^e bounds the chunk's |x|. */
 void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
+/* The same digits for the avx2 path (4 bits): each 32-column half of a chunk is stored as
+ * its even columns then its odd columns. */
+void fm__xq_prep_avx2(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
 #endif
 #if defined(__aarch64__)
 FM_ROWS_DECL(fm__rows_neon);
