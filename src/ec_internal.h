@@ -50,6 +50,12 @@ int fm__ec_read_ckpt(ec_files *f, const ec_layout *lay, int32_t layer, int32_t e
                      uint8_t *bounce, int *used_direct, uint64_t *nread, char *err,
                      size_t errlen);
 
+/* Reads array a (0..EC_NARR) of expert (layer, e) only; adds to *nread, sets *used_direct
+ * if O_DIRECT served it. Same contract otherwise. Thread-safe. */
+int fm__ec_read_ckpt_array(ec_files *f, const ec_layout *lay, int32_t layer, int32_t e, int a,
+                           uint8_t *dst, uint8_t *bounce, int *used_direct, uint64_t *nread,
+                           char *err, size_t errlen);
+
 /* Fast 64-bit checksum of n bytes (n multiple of 8 preferred; any n works). */
 uint64_t fm__ec_checksum(const void *p, uint64_t n);
 uint64_t fm__fnv64(const void *p, size_t n, uint64_t h);
@@ -67,6 +73,13 @@ void fm__store_close(fm__store *s);
  * Returns 0; -1 on a read error; -2 on a checksum mismatch (message in err). Thread-safe. */
 int fm__store_read(fm__store *s, int32_t layer, int32_t e, uint8_t *dst, char *err,
                    size_t errlen);
+/* Reads bytes [off, off+len) of blob (layer, e) into dst (aligned; off, len multiples of
+ * 4 KiB or the blob's end) without verifying. 0 or -1 (message in err). Thread-safe. */
+int fm__store_read_part(fm__store *s, int32_t layer, int32_t e, uint8_t *dst, uint64_t off,
+                        uint64_t len, char *err, size_t errlen);
+/* Verifies a whole blob read in parts (once per blob and process). 0, or -2 (message). */
+int fm__store_verify(fm__store *s, int32_t layer, int32_t e, const uint8_t *blob, char *err,
+                     size_t errlen);
 /* Saved warm-start state (NULL if the store has none or it failed its checksum):
  * per (layer, expert) frequency, last use tick, resident flag; per layer tick. */
 bool fm__store_state(fm__store *s, const uint32_t **freq, const uint64_t **last,

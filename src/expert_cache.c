@@ -35,11 +35,17 @@ enum {
 
 #define LFRU_C (1.3862943611198906 / 128.0) /* ln(4)/128: 0.25^(age/128) as a log slope */
 
+/* One part of a slot's read: a chunk of a store blob, or one array of the checkpoint. The
+ * parts of a slot are read in parallel; the last one to finish verifies the blob and
+ * publishes the slot. */
 typedef struct ec_job {
     struct ec_job *next;
-    int32_t layer, slot, expert;
-    char err[384];
+    int32_t layer, slot, expert, part;
+    int from_store;
 } ec_job;
+
+#define EC_ERRLEN 384
+#define EC_CHUNK_DEFAULT (1u << 20) /* store blobs are read in parts of 1 MiB */
 
 typedef struct ec_layer {
     uint8_t *mem;            /* capacity * slot_bytes, EC_ALIGN aligned */
@@ -48,7 +54,10 @@ typedef struct ec_layer {
     _Atomic int *state;      /* [capacity] SLOT_* */
     uint32_t *protect;       /* [capacity] epoch of the request that last asked for it */
     uint8_t *prefetched;     /* [capacity] loaded by prefetch and not used since */
-    ec_job *jobs;            /* [capacity] the read of each slot */
+    ec_job *jobs;            /* [capacity * max_parts] the parts of each slot's read */
+    _Atomic int *remaining;  /* [capacity] parts of the slot's read not finished */
+    _Atomic unsigned char *store_bad; /* [capacity] a store part failed: use the checkpoint */
+    char (*err)[EC_ERRLEN];  /* [capacity] first error of the slot's read (under c->mu) */
     int32_t *free_slots, n_free;
     uint32_t *mark2, stamp2; /* [n_experts] stamps: comparing with a begun request */
     uint32_t *freq;          /* [n_experts] times routed */
@@ -76,6 +85,8 @@ struct fm__ecache {
     ec_files files;
     fm__store *store;
     uint64_t bounce_bytes;
+    int32_t max_parts, store_parts, ckpt_parts, ckpt_part[EC_NARR];
+    uint64_t chunk; /* bytes per part of a store read (FM_EC_CHUNK, multiple of 4 KiB) */
 
     int n_threads;
     ec_worker *w;
@@ -165,6 +176,84 @@ fm_status fm__ec_slot_bytes(const fm__expert_map *map, uint64_t *out) {
 
 /* ---- I/O threads -------------------------------------------------------------------- */
 
+/* Reads one part of a slot. On the last part: verifies a store blob (falling back to the
+ * checkpoint if a store part failed or the checksum does not match) and publishes the
+ * slot as READY or ERROR. */
+static void run_job(fm__ecache *c, ec_worker *w, ec_job *j) {
+    ec_layer *L = &c->L[j->layer];
+    int32_t s = j->slot;
+    uint8_t *dst = L->mem + (size_t)s * c->lay.slot_bytes;
+    char err[EC_ERRLEN];
+    int rc = 0, direct = 0, from_store = 0;
+    uint64_t nread = 0;
+    if (j->from_store) {
+        uint64_t off = (uint64_t)j->part * c->chunk;
+        uint64_t len = FM_MIN(c->chunk, c->lay.slot_bytes - off);
+        if (fm__store_read_part(c->store, j->layer, j->expert, dst + off, off, len, err,
+                                sizeof err) == 0) {
+            nread = len;
+            direct = 1;
+        } else {
+            atomic_store(&L->store_bad[s], 1);
+            pthread_mutex_lock(&c->mu);
+            int warn = !c->warned_store;
+            c->warned_store = 1;
+            pthread_mutex_unlock(&c->mu);
+            if (warn) FM_LOGW("%s; reading experts from the checkpoint instead", err);
+        }
+    } else {
+        rc = fm__ec_read_ckpt_array(&c->files, &c->lay, j->layer, j->expert, j->part, dst,
+                                    w->bounce, &direct, &nread, err, sizeof err);
+    }
+    if (rc != 0) {
+        pthread_mutex_lock(&c->mu);
+        if (!L->err[s][0]) snprintf(L->err[s], EC_ERRLEN, "%s", err);
+        pthread_mutex_unlock(&c->mu);
+    }
+    int final = -1;
+    if (atomic_fetch_sub(&L->remaining[s], 1) == 1) { /* the last part */
+        pthread_mutex_lock(&c->mu);
+        int failed = L->err[s][0] != 0;
+        pthread_mutex_unlock(&c->mu);
+        if (!failed && j->from_store) {
+            int bad = atomic_load(&L->store_bad[s]);
+            if (!bad && fm__store_verify(c->store, j->layer, j->expert, dst, err, sizeof err) != 0) {
+                bad = 1;
+                FM_LOGW("%s; reading it from the checkpoint ('flash-moe pack' rebuilds the "
+                        "store)", err);
+            }
+            if (bad) {
+                uint64_t n2 = 0;
+                int d2 = 0;
+                if (fm__ec_read_ckpt(&c->files, &c->lay, j->layer, j->expert, dst, w->bounce,
+                                     &d2, &n2, err, sizeof err) != 0) {
+                    pthread_mutex_lock(&c->mu);
+                    snprintf(L->err[s], EC_ERRLEN, "%s", err);
+                    pthread_mutex_unlock(&c->mu);
+                    failed = 1;
+                }
+                nread += n2;
+            } else {
+                from_store = 1;
+            }
+        }
+        final = failed ? SLOT_ERROR : SLOT_READY;
+    }
+    pthread_mutex_lock(&c->mu);
+    if (--c->inflight == 0) c->busy_s += fm__now() - c->busy_t0;
+    c->bytes_read += (int64_t)nread;
+    if (direct) c->direct_used = 1;
+    if (final >= 0) {
+        if (final == SLOT_READY) {
+            c->reads++;
+            c->store_reads += from_store;
+        }
+        atomic_store_explicit(&L->state[s], final, memory_order_release);
+        pthread_cond_broadcast(&c->done_cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
 static void *worker_main(void *arg) {
     ec_worker *w = arg;
     struct fm__ecache *c = w->c;
@@ -177,41 +266,8 @@ static void *worker_main(void *arg) {
         if (!c->head) c->tail = NULL;
         if (c->inflight++ == 0) c->busy_t0 = fm__now();
         pthread_mutex_unlock(&c->mu);
-
-        uint8_t *dst = c->L[j->layer].mem + (size_t)j->slot * c->lay.slot_bytes;
-        int rc = -1, direct = 0, from_store = 0;
-        uint64_t nread = 0;
-        if (c->store) {
-            rc = fm__store_read(c->store, j->layer, j->expert, dst, j->err, sizeof j->err);
-            if (rc == 0) {
-                from_store = 1;
-                direct = 1;
-                nread = c->lay.slot_bytes;
-            } else {
-                pthread_mutex_lock(&c->mu);
-                int warn = !c->warned_store;
-                c->warned_store = 1;
-                pthread_mutex_unlock(&c->mu);
-                if (warn)
-                    FM_LOGW("%s; reading experts from the checkpoint instead (run "
-                            "'flash-moe pack' to rebuild the store)", j->err);
-            }
-        }
-        if (rc != 0)
-            rc = fm__ec_read_ckpt(&c->files, &c->lay, j->layer, j->expert, dst, w->bounce,
-                                  &direct, &nread, j->err, sizeof j->err);
-
+        run_job(c, w, j);
         pthread_mutex_lock(&c->mu);
-        if (--c->inflight == 0) c->busy_s += fm__now() - c->busy_t0;
-        c->bytes_read += (int64_t)nread;
-        if (rc == 0) {
-            c->reads++;
-            c->store_reads += from_store;
-            if (direct) c->direct_used = 1;
-        }
-        atomic_store_explicit(&c->L[j->layer].state[j->slot], rc == 0 ? SLOT_READY : SLOT_ERROR,
-                              memory_order_release);
-        pthread_cond_broadcast(&c->done_cv);
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
@@ -253,7 +309,7 @@ static void slot_release(ec_layer *L, int32_t s) {
 static void harvest_errors(fm__ecache *c, ec_layer *L) {
     for (int32_t s = 0; s < c->cap; s++) {
         if (slot_state(L, s) == SLOT_ERROR) {
-            FM_LOGW("expert cache: %s", L->jobs[s].err);
+            FM_LOGW("expert cache: %s", L->err[s]);
             slot_release(L, s);
         }
     }
@@ -383,15 +439,23 @@ static void request(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n,
         L->prefetched[s] = (flags & R_PREFETCH) != 0;
         if (flags & R_PREFETCH) c->prefetched++;
         atomic_store_explicit(&L->state[s], SLOT_LOADING, memory_order_relaxed);
-        ec_job *j = &L->jobs[s];
-        j->layer = layer;
-        j->slot = s;
-        j->expert = id;
-        j->err[0] = 0;
-        j->next = NULL;
-        if (last) last->next = j;
-        else first = j;
-        last = j;
+        int from_store = c->store != NULL;
+        int np = from_store ? c->store_parts : c->ckpt_parts;
+        L->err[s][0] = 0;
+        atomic_store(&L->store_bad[s], 0);
+        atomic_store(&L->remaining[s], np);
+        for (int k = 0; k < np; k++) {
+            ec_job *j = &L->jobs[(size_t)s * (size_t)c->max_parts + (size_t)k];
+            j->layer = layer;
+            j->slot = s;
+            j->expert = id;
+            j->part = from_store ? k : c->ckpt_part[k];
+            j->from_store = from_store;
+            j->next = NULL;
+            if (last) last->next = j;
+            else first = j;
+            last = j;
+        }
     }
     enqueue(c, first, last, flags & R_URGENT);
     if (flags & R_STATS) {
@@ -444,14 +508,14 @@ fm_status fm__ec_fetch(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t
     pthread_mutex_unlock(&c->mu);
     if (waited) c->io_wait_s += fm__now() - t0;
 
-    char msg[sizeof L->jobs[0].err];
+    char msg[EC_ERRLEN];
     msg[0] = 0;
     int bad = 0;
     for (int32_t i = 0; i < n; i++) {
         int32_t s = L->slot_of[ids[i]];
         if (s >= 0 && slot_state(L, s) == SLOT_READY) continue;
         if (s >= 0) {
-            if (!bad) snprintf(msg, sizeof msg, "%s", L->jobs[s].err);
+            if (!bad) snprintf(msg, sizeof msg, "%s", L->err[s]);
             slot_release(L, s);
         } else if (!bad) {
             snprintf(msg, sizeof msg, "expert %d of MoE layer %d was not loaded", ids[i], layer);
@@ -510,8 +574,8 @@ fm_status fm__ec_fetch_any(fm__ecache *c, int32_t layer, const int32_t *ids, int
     if (s < 0)
         return fm__err(FM_ERR_ARG, "expert cache fetch_any: expert %d of MoE layer %d was not "
                        "begun", ids[i], layer);
-    char msg[sizeof L->jobs[0].err];
-    snprintf(msg, sizeof msg, "%s", L->jobs[s].err);
+    char msg[EC_ERRLEN];
+    snprintf(msg, sizeof msg, "%s", L->err[s]);
     slot_release(L, s);
     return fm__err(FM_ERR_IO, "%s", msg);
 }
@@ -683,10 +747,12 @@ static void layer_free(ec_layer *L) {
     free(L->mem);
     free(L->slot_of); free(L->expert_of); free((void *)L->state); free(L->protect);
     free(L->prefetched); free(L->jobs); free(L->free_slots); free(L->mark2);
+    free((void *)L->remaining); free((void *)L->store_bad); free(L->err);
     free(L->freq); free(L->last); free(L->key); free(L->pinned); free(L->pend_ids);
 }
 
-static bool layer_alloc(ec_layer *L, int32_t cap, int32_t ne, uint64_t slot_bytes) {
+static bool layer_alloc(ec_layer *L, int32_t cap, int32_t ne, uint64_t slot_bytes,
+                        int32_t max_parts) {
     memset(L, 0, sizeof *L);
     L->mem = fm__aligned_alloc(EC_ALIGN, (size_t)cap * slot_bytes);
     L->slot_of = fm__malloc_array((size_t)ne, sizeof(int32_t));
@@ -694,7 +760,10 @@ static bool layer_alloc(ec_layer *L, int32_t cap, int32_t ne, uint64_t slot_byte
     L->state = fm__calloc((size_t)cap, sizeof(_Atomic int));
     L->protect = fm__calloc((size_t)cap, sizeof(uint32_t));
     L->prefetched = fm__calloc((size_t)cap, 1);
-    L->jobs = fm__calloc((size_t)cap, sizeof(ec_job));
+    L->jobs = fm__calloc((size_t)cap * (size_t)max_parts, sizeof(ec_job));
+    L->remaining = fm__calloc((size_t)cap, sizeof(_Atomic int));
+    L->store_bad = fm__calloc((size_t)cap, sizeof(_Atomic unsigned char));
+    L->err = fm__calloc((size_t)cap, EC_ERRLEN);
     L->free_slots = fm__malloc_array((size_t)cap, sizeof(int32_t));
     L->mark2 = fm__calloc((size_t)ne, sizeof(uint32_t));
     L->freq = fm__calloc((size_t)ne, sizeof(uint32_t));
@@ -703,7 +772,7 @@ static bool layer_alloc(ec_layer *L, int32_t cap, int32_t ne, uint64_t slot_byte
     L->pinned = fm__calloc((size_t)ne, 1);
     L->pend_ids = fm__malloc_array((size_t)cap, sizeof(int32_t));
     if (!L->mem || !L->slot_of || !L->expert_of || !L->state || !L->protect || !L->prefetched ||
-        !L->jobs || !L->free_slots || !L->mark2 || !L->freq || !L->last || !L->key ||
+        !L->jobs || !L->remaining || !L->store_bad || !L->err || !L->free_slots || !L->mark2 || !L->freq || !L->last || !L->key ||
         !L->pinned || !L->pend_ids)
         return false;
     for (int32_t e = 0; e < ne; e++) {
@@ -801,12 +870,19 @@ fm_status fm__ec_open(const fm__expert_map *map, const fm__ec_params *p, fm__eca
         free(c);
         return st;
     }
+    c->chunk = EC_CHUNK_DEFAULT;
+    const char *ch = getenv("FM_EC_CHUNK");
+    if (ch && atoll(ch) >= (long long)EC_ALIGN) c->chunk = (uint64_t)atoll(ch) / EC_ALIGN * EC_ALIGN;
+    c->store_parts = (int32_t)((lay.slot_bytes + c->chunk - 1) / c->chunk);
+    for (int a = 0; a < EC_NARR; a++)
+        if (lay.len[a]) c->ckpt_part[c->ckpt_parts++] = a;
+    c->max_parts = FM_MAX(c->store_parts, c->ckpt_parts);
     c->L = fm__calloc((size_t)c->n_layers, sizeof(ec_layer));
     c->layer_hits = fm__calloc((size_t)c->n_layers, sizeof(int64_t));
     c->layer_misses = fm__calloc((size_t)c->n_layers, sizeof(int64_t));
     if (!c->L || !c->layer_hits || !c->layer_misses) goto nomem;
     for (int32_t l = 0; l < c->n_layers; l++)
-        if (!layer_alloc(&c->L[l], c->cap, c->n_experts, lay.slot_bytes)) goto nomem;
+        if (!layer_alloc(&c->L[l], c->cap, c->n_experts, lay.slot_bytes, c->max_parts)) goto nomem;
 
     if (p->profile && *p->profile) {
         size_t n = (size_t)c->n_layers * (size_t)c->n_experts;

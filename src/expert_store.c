@@ -470,38 +470,49 @@ fm_status fm__store_check(const fm__expert_map *map, const char *dir, int verify
     return st;
 }
 
-int fm__store_read(fm__store *s, int32_t layer, int32_t e, uint8_t *dst, char *err,
-                   size_t errlen) {
+int fm__store_read_part(fm__store *s, int32_t layer, int32_t e, uint8_t *dst, uint64_t off,
+                        uint64_t len, char *err, size_t errlen) {
     uint64_t i = (uint64_t)layer * s->h.n_experts + (uint64_t)e;
-    uint64_t off = s->h.blob_off + i * s->h.slot_bytes;
+    uint64_t at = s->h.blob_off + i * s->h.slot_bytes + off;
     int fd = s->fd_direct >= 0 ? s->fd_direct : s->fd;
-    int r = pread_exact(fd, dst, s->h.slot_bytes, off);
+    int r = pread_exact(fd, dst, len, at);
     if (r != 0 && fd == s->fd_direct && errno == EINVAL) {
         fd = s->fd;
-        r = pread_exact(fd, dst, s->h.slot_bytes, off);
+        r = pread_exact(fd, dst, len, at);
     }
-    if (fd == s->fd) posix_fadvise(fd, (off_t)off, (off_t)s->h.slot_bytes, POSIX_FADV_DONTNEED);
+    if (fd == s->fd) posix_fadvise(fd, (off_t)at, (off_t)len, POSIX_FADV_DONTNEED);
     if (r != 0) {
         snprintf(err, errlen, "expert store %s: read of %llu bytes at offset %llu failed: %s",
-                 s->path, (unsigned long long)s->h.slot_bytes, (unsigned long long)off,
+                 s->path, (unsigned long long)len, (unsigned long long)at,
                  errno ? strerror(errno) : "unexpected end of file");
         return -1;
     }
+    return 0;
+}
+
+int fm__store_verify(fm__store *s, int32_t layer, int32_t e, const uint8_t *blob, char *err,
+                     size_t errlen) {
+    uint64_t i = (uint64_t)layer * s->h.n_experts + (uint64_t)e;
     /* Each blob is verified the first time this process reads it (re-reads after an
      * eviction are not: the bytes on disk were proven once). */
-    if (s->verify && !atomic_load_explicit(&s->verified[i], memory_order_relaxed)) {
-        if (fm__ec_checksum(dst, s->h.slot_bytes) == s->sums[i]) {
-            atomic_store_explicit(&s->verified[i], 1, memory_order_relaxed);
-            return 0;
-        }
-        pthread_mutex_lock(&s->mu);
-        s->corrupt = 1;
-        pthread_mutex_unlock(&s->mu);
-        snprintf(err, errlen, "expert store %s: blob of expert %d of MoE layer %d (offset %llu) "
-                 "fails its checksum", s->path, e, layer, (unsigned long long)off);
-        return -2;
+    if (!s->verify || atomic_load_explicit(&s->verified[i], memory_order_relaxed)) return 0;
+    if (fm__ec_checksum(blob, s->h.slot_bytes) == s->sums[i]) {
+        atomic_store_explicit(&s->verified[i], 1, memory_order_relaxed);
+        return 0;
     }
-    return 0;
+    pthread_mutex_lock(&s->mu);
+    s->corrupt = 1;
+    pthread_mutex_unlock(&s->mu);
+    snprintf(err, errlen, "expert store %s: blob of expert %d of MoE layer %d (offset %llu) "
+             "fails its checksum", s->path, e, layer,
+             (unsigned long long)(s->h.blob_off + i * s->h.slot_bytes));
+    return -2;
+}
+
+int fm__store_read(fm__store *s, int32_t layer, int32_t e, uint8_t *dst, char *err,
+                   size_t errlen) {
+    if (fm__store_read_part(s, layer, e, dst, 0, s->h.slot_bytes, err, errlen) != 0) return -1;
+    return fm__store_verify(s, layer, e, dst, err, errlen);
 }
 
 bool fm__store_state(fm__store *s, const uint32_t **freq, const uint64_t **last,

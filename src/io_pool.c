@@ -93,66 +93,74 @@ static int64_t pread_full(int fd, void *buf, uint64_t n, uint64_t off) {
     return (int64_t)got;
 }
 
-int fm__ec_read_ckpt(ec_files *f, const ec_layout *lay, int32_t layer, int32_t e, uint8_t *dst,
-                     uint8_t *bounce, int *used_direct, uint64_t *nread, char *err,
-                     size_t errlen) {
+int fm__ec_read_ckpt_array(ec_files *f, const ec_layout *lay, int32_t layer, int32_t e, int a,
+                           uint8_t *dst, uint8_t *bounce, int *used_direct, uint64_t *nread,
+                           char *err, size_t errlen) {
     const fm__expert_map *map = f->map;
     const fm__range *r[EC_NARR];
     fm__ec_ranges(&map->src[(size_t)layer * (size_t)map->n_experts + (size_t)e], r);
-    *used_direct = 0;
-    *nread = 0;
-    for (int a = 0; a < EC_NARR; a++) {
-        uint64_t off = r[a]->off, len = r[a]->len;
-        if (len == 0) continue;
-        int32_t fi = r[a]->file;
-        const char *path = map->paths[fi];
-        int fdd, eno;
-        int fd = files_get(f, fi, &fdd, &eno);
-        if (fd < 0) {
-            snprintf(err, errlen, "%s: cannot open (expert %d of MoE layer %d, offset %llu): %s",
-                     path, e, layer, (unsigned long long)off, strerror(eno));
-            return -1;
-        }
-        if (fdd >= 0) {
-            uint64_t a0 = off & ~(uint64_t)(EC_ALIGN - 1);
-            uint64_t a1 = (off + len + EC_ALIGN - 1) & ~(uint64_t)(EC_ALIGN - 1);
-            int64_t got = pread_full(fdd, bounce, a1 - a0, a0);
-            if (got < 0 && errno == EINVAL) {
-                files_drop_direct(f, fi);
-            } else if (got < 0) {
-                snprintf(err, errlen, "%s: read of %llu bytes at offset %llu failed (expert %d of "
-                         "MoE layer %d): %s", path, (unsigned long long)len,
-                         (unsigned long long)off, e, layer, strerror(errno));
-                return -1;
-            } else if ((uint64_t)got < off + len - a0) {
-                snprintf(err, errlen, "%s: file ends before offset %llu + %llu bytes (expert %d of "
-                         "MoE layer %d)", path, (unsigned long long)off, (unsigned long long)len,
-                         e, layer);
-                return -1;
-            } else {
-                memcpy(dst + lay->off[a], bounce + (off - a0), (size_t)len);
-                *used_direct = 1;
-                *nread += a1 - a0;
-                continue;
-            }
-        }
-        int64_t got = pread_full(fd, dst + lay->off[a], len, off);
-        if (got < 0) {
+    uint64_t off = r[a]->off, len = r[a]->len;
+    if (len == 0) return 0;
+    int32_t fi = r[a]->file;
+    const char *path = map->paths[fi];
+    int fdd, eno;
+    int fd = files_get(f, fi, &fdd, &eno);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open (expert %d of MoE layer %d, offset %llu): %s",
+                 path, e, layer, (unsigned long long)off, strerror(eno));
+        return -1;
+    }
+    if (fdd >= 0) {
+        uint64_t a0 = off & ~(uint64_t)(EC_ALIGN - 1);
+        uint64_t a1 = (off + len + EC_ALIGN - 1) & ~(uint64_t)(EC_ALIGN - 1);
+        int64_t got = pread_full(fdd, bounce, a1 - a0, a0);
+        if (got < 0 && errno == EINVAL) {
+            files_drop_direct(f, fi);
+        } else if (got < 0) {
             snprintf(err, errlen, "%s: read of %llu bytes at offset %llu failed (expert %d of "
-                     "MoE layer %d): %s", path, (unsigned long long)len, (unsigned long long)off,
-                     e, layer, strerror(errno));
+                     "MoE layer %d): %s", path, (unsigned long long)len,
+                     (unsigned long long)off, e, layer, strerror(errno));
             return -1;
-        }
-        /* The page cache must not become a second copy of the model. */
-        posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
-        *nread += (uint64_t)got;
-        if ((uint64_t)got < len) {
+        } else if ((uint64_t)got < off + len - a0) {
             snprintf(err, errlen, "%s: file ends before offset %llu + %llu bytes (expert %d of "
                      "MoE layer %d)", path, (unsigned long long)off, (unsigned long long)len,
                      e, layer);
             return -1;
+        } else {
+            memcpy(dst + lay->off[a], bounce + (off - a0), (size_t)len);
+            *used_direct = 1;
+            *nread += a1 - a0;
+            return 0;
         }
     }
+    int64_t got = pread_full(fd, dst + lay->off[a], len, off);
+    if (got < 0) {
+        snprintf(err, errlen, "%s: read of %llu bytes at offset %llu failed (expert %d of "
+                 "MoE layer %d): %s", path, (unsigned long long)len, (unsigned long long)off,
+                 e, layer, strerror(errno));
+        return -1;
+    }
+    /* The page cache must not become a second copy of the model. */
+    posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+    *nread += (uint64_t)got;
+    if ((uint64_t)got < len) {
+        snprintf(err, errlen, "%s: file ends before offset %llu + %llu bytes (expert %d of "
+                 "MoE layer %d)", path, (unsigned long long)off, (unsigned long long)len,
+                 e, layer);
+        return -1;
+    }
+    return 0;
+}
+
+int fm__ec_read_ckpt(ec_files *f, const ec_layout *lay, int32_t layer, int32_t e, uint8_t *dst,
+                     uint8_t *bounce, int *used_direct, uint64_t *nread, char *err,
+                     size_t errlen) {
+    *used_direct = 0;
+    *nread = 0;
+    for (int a = 0; a < EC_NARR; a++)
+        if (fm__ec_read_ckpt_array(f, lay, layer, e, a, dst, bounce, used_direct, nread, err,
+                                   errlen) != 0)
+            return -1;
     return 0;
 }
 

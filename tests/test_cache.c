@@ -21,6 +21,7 @@
 #define TOPK 2
 
 static char g_dir[256];
+static int g_scale = 1; /* multiplies the rows of every matrix (bigger experts) */
 
 typedef struct tmodel {
     fm__expert_map map;
@@ -57,9 +58,9 @@ static void tm_build(tmodel *t, const char *name0, const char *name1, const char
         int f = l == 2 ? 1 : 0;
         for (int e = 0; e < NE; e++) {
             fm__expert_src *s = &t->src[l * NE + e];
-            set_mat(&s->gate, 32, 64);
-            set_mat(&s->up, 32, 64);
-            set_mat(&s->down, 64, 32);
+            set_mat(&s->gate, 32 * g_scale, 64);
+            set_mat(&s->up, 32 * g_scale, 64);
+            set_mat(&s->down, 64 * g_scale, 32);
         }
         for (int a = 0; a < EC_NARR; a++) {
             for (int e = 0; e < NE; e++) {
@@ -90,7 +91,7 @@ static void tm_build(tmodel *t, const char *name0, const char *name1, const char
     t->map.n_experts = NE;
     t->map.top_k = TOPK;
     t->map.src = t->src;
-    t->map.expert_bytes = 3 * (1024 + 128 + 128);
+    t->map.expert_bytes = (uint64_t)g_scale * 3 * (1024 + 128 + 128);
     t->map.content_key = (char *)key;
 }
 
@@ -622,6 +623,41 @@ static void test_store(tmodel *t) {
     free(sdir);
 }
 
+/* Store blobs read in several parts by several threads (bigger experts, small parts). */
+static void test_store_parts(void) {
+    g_scale = 8;
+    tmodel t;
+    tm_build(&t, "big-0.bin", "big-1.bin", "big-model");
+    g_scale = 1;
+    char *sdir = fm__path_join(g_dir, "store-big");
+    uint64_t slot = 0;
+    fm__ec_slot_bytes(&t.map, &slot);
+    fm_status st = fm__store_pack(&t.map, sdir, NULL, NULL);
+    setenv("FM_EC_CHUNK", "8192", 1);
+    fm__ec_params p = params(4);
+    p.store_dir = sdir;
+    p.io_threads = 4;
+    fm__ecache *c = NULL;
+    if (st == FM_OK) st = fm__ec_open(&t.map, &p, &c);
+    unsetenv("FM_EC_CHUNK");
+    bool ok = st == FM_OK && c;
+    for (int l = 0; l < NL && ok; l++)
+        for (int e0 = 0; e0 < NE && ok; e0 += 4) {
+            int ids[4] = {e0, e0 + 1, e0 + 2, e0 + 3};
+            fm__expert_w w[4];
+            ok = fm__ec_fetch(c, l, ids, 4, w) == FM_OK;
+            for (int i = 0; i < 4 && ok; i++) ok = view_ok(&t, l, ids[i], &w[i]);
+        }
+    fm__ec_stats2 s;
+    fm__ec_get_stats2(c, &s);
+    CHECK(ok && slot >= 4 * 8192 && s.store_reads == NL * NE,
+          "store blobs of %llu bytes read in 8 KiB parts in parallel: all exact",
+          (unsigned long long)slot);
+    fm__ec_free(c);
+    free(sdir);
+    tm_free(&t);
+}
+
 static void write_file(const char *root, const char *rel, const char *text) {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", root, rel);
@@ -752,6 +788,7 @@ int main(void) {
     test_read_errors();
     test_profiles(&t);
     test_store(&t);
+    test_store_parts();
     test_plan(&t);
     test_stress(&t);
     tm_free(&t);
