@@ -168,6 +168,69 @@ fm_status fm_chat_render(const fm_model *m, const fm_chat_msg *msgs, size_t n_ms
     return st;
 }
 
+/* True if the text of held[0..k) is a prefix of p[0..plen); *dlen receives its length. */
+static int held_is_prefix(const fm_model *m, const int32_t *held, size_t k, const char *p,
+                          size_t plen, size_t *dlen) {
+    char *d = NULL;
+    size_t dl = 0;
+    if (fm_detokenize(m, held, k, &d, &dl) != FM_OK) {
+        fm__clear_err();
+        return 0;
+    }
+    int ok = dl <= plen && memcmp(d, p, dl) == 0;
+    free(d);
+    *dlen = dl;
+    return ok;
+}
+
+/* Tokens for a rendered chat prompt. The canonical tokenization is the default. When the
+ * session holds tokens the model generated in an earlier turn, their text usually comes
+ * back inside the new prompt, but re-tokenizing it can split it differently (models do not
+ * always generate the canonical split), which would end prefix reuse at the first such
+ * word. So if a longer run of the held tokens decodes to a prefix of the prompt, those
+ * tokens are kept and only the rest of the text is tokenized. *ids: malloc'd. */
+static fm_status chat_tokens(fm_session *s, const char *p, size_t plen, int32_t **ids,
+                             size_t *n_ids) {
+    fm_model *m = fm__session_model(s);
+    fm_status st = fm_tokenize(m, p, plen, 0, ids, n_ids);
+    if (st != FM_OK) return st;
+    size_t n = 0;
+    const int32_t *held = fm_session_tokens(s, &n);
+    size_t c = 0;
+    while (c < n && c < *n_ids && held[c] == (*ids)[c]) c++;
+    if (c == n) return FM_OK; /* everything held is reused already */
+    /* largest k in (c, n] whose text is a prefix of the prompt (binary search; the
+     * predicate is monotone for byte-level tokenizers, and any k found is checked) */
+    size_t lo = c, hi = n, best = 0, best_len = 0, dl;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo + 1) / 2;
+        if (held_is_prefix(m, held, mid, p, plen, &dl)) {
+            lo = mid;
+            best = mid;
+            best_len = dl;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    if (best <= c) return FM_OK;
+    int32_t *rest = NULL;
+    size_t nr = 0;
+    st = fm_tokenize(m, p + best_len, plen - best_len, 0, &rest, &nr);
+    if (st != FM_OK) return st;
+    int32_t *all = fm__malloc_array(best + nr + 1, sizeof *all);
+    if (!all) {
+        free(rest);
+        return fm__err(FM_ERR_NOMEM, "chat prompt tokens");
+    }
+    memcpy(all, held, best * sizeof *all);
+    if (nr) memcpy(all + best, rest, nr * sizeof *all);
+    free(rest);
+    free(*ids);
+    *ids = all;
+    *n_ids = best + nr;
+    return FM_OK;
+}
+
 fm_status fm_session_chat(fm_session *s, const fm_chat_msg *msgs, size_t n_msgs,
                           const char *tools_json, const char *extra_vars_json,
                           const fm_gen_params *p, fm_stream_fn cb, void *user, char **text) {
@@ -180,7 +243,7 @@ fm_status fm_session_chat(fm_session *s, const fm_chat_msg *msgs, size_t n_msgs,
     int32_t *ids = NULL;
     size_t n = 0;
     /* transformers tokenizes rendered chats without adding special tokens */
-    st = fm_tokenize(m, prompt, strlen(prompt), 0, &ids, &n);
+    st = chat_tokens(s, prompt, strlen(prompt), &ids, &n);
     free(prompt);
     if (st != FM_OK) return st;
     st = fm_session_set_tokens(s, ids, n);
