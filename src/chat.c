@@ -189,8 +189,8 @@ static int held_is_prefix(const fm_model *m, const int32_t *held, size_t k, cons
  * always generate the canonical split), which would end prefix reuse at the first such
  * word. So if a longer run of the held tokens decodes to a prefix of the prompt, those
  * tokens are kept and only the rest of the text is tokenized. *ids: malloc'd. */
-static fm_status chat_tokens(fm_session *s, const char *p, size_t plen, int32_t **ids,
-                             size_t *n_ids) {
+fm_status fm__session_chat_tokens(fm_session *s, const char *p, size_t plen, int32_t **ids,
+                                  size_t *n_ids) {
     fm_model *m = fm__session_model(s);
     fm_status st = fm_tokenize(m, p, plen, 0, ids, n_ids);
     if (st != FM_OK) return st;
@@ -243,7 +243,7 @@ fm_status fm_session_chat(fm_session *s, const fm_chat_msg *msgs, size_t n_msgs,
     int32_t *ids = NULL;
     size_t n = 0;
     /* transformers tokenizes rendered chats without adding special tokens */
-    st = chat_tokens(s, prompt, strlen(prompt), &ids, &n);
+    st = fm__session_chat_tokens(s, prompt, strlen(prompt), &ids, &n);
     free(prompt);
     if (st != FM_OK) return st;
     st = fm_session_set_tokens(s, ids, n);

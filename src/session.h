@@ -21,6 +21,14 @@ int32_t fm__session_n_ctx(const fm_session *s);
  * tokens: the last generated token is processed lazily, by the next call). */
 int32_t fm__session_pos(const fm_session *s);
 
+/* Tokens for a rendered chat prompt p[0..plen) on session s: the canonical tokenization,
+ * except that where a longer run of the tokens s holds (an earlier answer as the model
+ * generated it) decodes to a prefix of p, those tokens are kept and only the rest of p is
+ * tokenized, so prefix reuse survives non-canonical splits. *ids: malloc'd (free()).
+ * fm_session_chat uses it; a server that renders and tokenizes itself can too. */
+fm_status fm__session_chat_tokens(fm_session *s, const char *p, size_t plen, int32_t **ids,
+                                  size_t *n_ids);
+
 /* Tests: makes the session treat its state like recurrent state (truncation only to 0 or
  * to a snapshot position), to exercise the snapshot fallback on attention-only models. */
 void fm__session_emulate_recurrent(fm_session *s, int on);
