@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,19 +156,17 @@ double fm__now(void) {
 }
 
 int64_t fm__rss_bytes(int peak) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0;
-    char line[256];
+    /* open/read, no stdio: cheap enough to call per token and allocation-free. */
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
     const char *key = peak ? "VmHWM:" : "VmRSS:";
-    int64_t kb = 0;
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, key, strlen(key)) == 0) {
-            kb = strtoll(line + strlen(key), NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return kb * 1024;
+    const char *at = strstr(buf, key);
+    return at ? strtoll(at + strlen(key), NULL, 10) * 1024 : 0;
 }
 
 bool fm__parse_size(const char *s, int64_t *out) {

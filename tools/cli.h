@@ -68,6 +68,12 @@ fm_model *cli_open_model(const char *dir, const cli_model_opts *mo);
 /* Prints fm_last_error() prefixed by "flash-moe: ". Returns 1. */
 int cli_fail(const char *what);
 
+/* Opens a model with a loading indicator on a terminal (tools/cmd_chat.c). */
+fm_model *gen_open_model_progress(const char *dir, const cli_model_opts *mo);
+/* Prints generation statistics (tokens, speed, cache, memory, repetition) to stderr
+ * (tools/cmd_run.c). text/len: the generated text for the repetition measures, or NULL. */
+void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t len);
+
 /* Subcommands: each lives in tools/cmd_<name>.c. */
 int cmd_info(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

@@ -15,8 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-fm_model *gen_open_model_progress(const char *dir, const cli_model_opts *mo);
-void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t len);
 
 /* ---- loading progress ------------------------------------------------------------- */
 

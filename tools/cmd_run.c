@@ -11,9 +11,7 @@
 #include <string.h>
 
 /* Opens a model; on a terminal, shows elapsed time while loading (tools/cmd_chat.c). */
-fm_model *gen_open_model_progress(const char *dir, const cli_model_opts *mo);
 /* Prints the statistics of a finished call to stderr (tools/cmd_chat.c). */
-void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t len);
 
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) { (void)sig; interrupted = 1; }
