@@ -109,7 +109,6 @@ int cmd_serve(int argc, char **argv) {
     generation_defaults(dir, &s->defaults);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
-    pthread_cond_init(&s->job_cv, NULL);
     int ret = 1;
     s->model = cli_open_model(dir, &mo);
     if (!s->model) goto done;
@@ -129,7 +128,6 @@ int cmd_serve(int argc, char **argv) {
 done:
     fm_free(s->forced_ids);
     fm_model_free(s->model);
-    pthread_cond_destroy(&s->job_cv);
     pthread_cond_destroy(&s->work_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);

@@ -55,7 +55,6 @@ typedef struct server {
     fm_gen_params defaults;     /* sampling defaults: the model's generation_config.json */
     pthread_mutex_t mu;
     pthread_cond_t work_cv;     /* worker waits here for jobs */
-    pthread_cond_t job_cv;      /* broadcast whenever any job's state or output changes */
     srv_job *head, *tail;       /* waiting jobs, FIFO */
     int n_waiting, busy, stopping;
     pthread_t worker;
@@ -86,6 +85,8 @@ struct srv_job {
     server *srv;
     srv_job *next;
     int refs;                   /* under srv->mu; freed at 0 */
+    pthread_cond_t cv;          /* with srv->mu: the job's state or output changed */
+    double last_signal;         /* monotonic seconds of the last output signal */
     int api, stream, include_usage;
     char id[48];
     long created;
@@ -132,7 +133,12 @@ struct srv_job {
 /* Creates a job with one reference held by the caller. NULL on allocation failure. */
 srv_job *srv_job_new(server *s, int api);
 void srv_job_ref(srv_job *j);
-/* Appends streaming output for the client (locks srv->mu and wakes the reader). */
+/* Appends streaming output for the client (locks srv->mu and wakes the reader, at most
+ * once per SRV_COALESCE_S so that fast decoding is sent in batches). */
+#define SRV_COALESCE_S 0.002
+/* How long a waiting connection thread sleeps between checks of its client (seconds). */
+#define SRV_POLL_MS 50
+double srv_now(void);
 void srv_job_write(srv_job *j, const char *s, size_t n);
 /* Drops one reference; the last one frees the job. */
 void srv_job_unref(srv_job *j);

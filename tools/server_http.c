@@ -36,11 +36,7 @@ typedef struct stream_ctx {
 
 #define KEEPALIVE_S 10.0 /* SSE comment after this long without output (queue, prefill) */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+static double now_s(void) { return srv_now(); }
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
@@ -218,8 +214,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             break;
         }
         struct timespec ts;
-        deadline_in(&ts, 100);
-        pthread_cond_timedwait(&s->job_cv, &s->mu, &ts);
+        deadline_in(&ts, SRV_POLL_MS);
+        pthread_cond_timedwait(&j->cv, &s->mu, &ts);
         if (j->out_sent < j->out.n) continue;
         if (client_gone(x->fd) || s->stopping) {
             ret = MHD_CONTENT_READER_END_WITH_ERROR;
@@ -265,8 +261,8 @@ static enum MHD_Result run_job(server *s, struct MHD_Connection *c, req_ctx *r, 
     int gone = 0;
     while (j->state != JOB_DONE) {
         struct timespec ts;
-        deadline_in(&ts, 100);
-        pthread_cond_timedwait(&s->job_cv, &s->mu, &ts);
+        deadline_in(&ts, SRV_POLL_MS);
+        pthread_cond_timedwait(&j->cv, &s->mu, &ts);
         if (j->state != JOB_DONE && (client_gone(fd) || s->stopping)) { gone = 1; break; }
     }
     pthread_mutex_unlock(&s->mu);

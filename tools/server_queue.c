@@ -125,6 +125,7 @@ srv_job *srv_job_new(server *s, int api) {
     j->srv = s;
     j->api = api;
     j->refs = 1;
+    pthread_cond_init(&j->cv, NULL);
     j->created = (long)time(NULL);
     j->stop_idx = -1;
     j->gp = s->defaults;
@@ -157,6 +158,7 @@ static void job_free(srv_job *j) {
         free(j->calls[i].args);
     }
     free(j->calls);
+    pthread_cond_destroy(&j->cv);
     free(j);
 }
 
@@ -198,7 +200,7 @@ static void cancel_locked(srv_job *j) {
             j->refs--; /* never the last: the canceller holds one */
         }
     }
-    pthread_cond_broadcast(&s->job_cv);
+    pthread_cond_broadcast(&j->cv);
 }
 
 void srv_job_cancel(srv_job *j) {
@@ -405,7 +407,7 @@ static void *worker_main(void *arg) {
         s->reused_tokens += j->reused_tokens;
         j->state = JOB_DONE;
         s->busy = 0;
-        pthread_cond_broadcast(&s->job_cv);
+        pthread_cond_broadcast(&j->cv);
         if (--j->refs == 0) {
             pthread_mutex_unlock(&s->mu);
             job_free(j);
@@ -420,10 +422,10 @@ static void *worker_main(void *arg) {
         s->n_waiting--;
         srv_job_fail(j, 503, "overloaded_error", "the server is shutting down");
         j->state = JOB_DONE;
+        pthread_cond_broadcast(&j->cv);
         if (--j->refs == 0) job_free(j);
     }
     s->tail = NULL;
-    pthread_cond_broadcast(&s->job_cv);
     pthread_mutex_unlock(&s->mu);
     return NULL;
 }
@@ -442,7 +444,6 @@ void srv_queue_stop(server *s) {
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_cond_broadcast(&s->work_cv);
-    pthread_cond_broadcast(&s->job_cv);
     pthread_mutex_unlock(&s->mu);
     if (s->worker_started) pthread_join(s->worker, NULL);
     s->worker_started = 0;
@@ -454,10 +455,21 @@ void srv_queue_stop(server *s) {
     s->n_sess = 0;
 }
 
+double srv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 void srv_job_write(srv_job *j, const char *s, size_t n) {
+    double now = srv_now();
     pthread_mutex_lock(&j->srv->mu);
     sb_put(&j->out, s, n);
-    pthread_cond_broadcast(&j->srv->job_cv);
+    /* unsignalled output is still picked up by the reader's next poll or signal */
+    if (now - j->last_signal >= SRV_COALESCE_S) {
+        pthread_cond_broadcast(&j->cv);
+        j->last_signal = now;
+    }
     pthread_mutex_unlock(&j->srv->mu);
 }
 
