@@ -35,9 +35,9 @@ enum {
 
 #define LFRU_C (1.3862943611198906 / 128.0) /* ln(4)/128: 0.25^(age/128) as a log slope */
 
-/* One part of a slot's read: a chunk of a store blob, or one array of the checkpoint. The
- * parts of a slot are read in parallel; the last one to finish verifies the blob and
- * publishes the slot. */
+/* One part of a slot's read: a chunk of a store blob (by default the whole blob), or one
+ * array of the checkpoint. The parts of a slot are read in parallel; the last one to
+ * finish verifies the blob and publishes the slot. */
 typedef struct ec_job {
     struct ec_job *next;
     int32_t layer, slot, expert, part;
@@ -45,7 +45,6 @@ typedef struct ec_job {
 } ec_job;
 
 #define EC_ERRLEN 384
-#define EC_CHUNK_DEFAULT (1u << 20) /* store blobs are read in parts of 1 MiB */
 
 typedef struct ec_layer {
     uint8_t *mem;            /* capacity * slot_bytes, EC_ALIGN aligned */
@@ -86,7 +85,9 @@ struct fm__ecache {
     fm__store *store;
     uint64_t bounce_bytes;
     int32_t max_parts, store_parts, ckpt_parts, ckpt_part[EC_NARR];
-    uint64_t chunk; /* bytes per part of a store read (FM_EC_CHUNK, multiple of 4 KiB) */
+    uint64_t chunk; /* bytes per part of a store read: the whole blob, or FM_EC_CHUNK
+                       (multiple of 4 KiB). Measured here (2.6 MB blobs, virtio disk, 8 I/O
+                       threads): 1 MiB parts waited 10-40% longer than whole-blob reads. */
 
     int n_threads;
     ec_worker *w;
@@ -870,7 +871,7 @@ fm_status fm__ec_open(const fm__expert_map *map, const fm__ec_params *p, fm__eca
         free(c);
         return st;
     }
-    c->chunk = EC_CHUNK_DEFAULT;
+    c->chunk = lay.slot_bytes;
     const char *ch = getenv("FM_EC_CHUNK");
     if (ch && atoll(ch) >= (long long)EC_ALIGN) c->chunk = (uint64_t)atoll(ch) / EC_ALIGN * EC_ALIGN;
     c->store_parts = (int32_t)((lay.slot_bytes + c->chunk - 1) / c->chunk);
