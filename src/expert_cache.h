@@ -101,16 +101,24 @@ fm_status fm__ec_make_plan(const fm__expert_map *map, uint64_t resident_bytes,
 
 /* ---- additions (the declarations above are the stable core contract) ----------------- */
 
+/* Threading: calls on one cache come from one thread at a time (the forward pass); the
+ * cache's I/O threads never touch the caller's views. fm__ec_make_plan's cache_bytes (and
+ * fm__ec_bytes) include the I/O threads' bounce buffers: 8 x (largest array rounded up to
+ * 4 KiB + 8 KiB) at the default thread count. */
+
 /* Starts reading the misses among ids[0..n) of `layer` and returns without waiting, so the
- * caller can compute what does not depend on them (shared expert, next attention). The
+ * caller can compute what does not depend on them (the shared expert; with
+ * fm__ec_fetch_any, the experts that are already resident). Like a fetch, it ends the
+ * validity of earlier views of that layer. The
  * following fm__ec_fetch on that layer with the same ids waits for them and fills w; it
  * counts nothing twice. Same argument rules and errors as fm__ec_fetch (read errors are
  * reported by the fetch that waits). Calling fm__ec_fetch with other ids is allowed: the
  * begun reads still land in the cache. */
 fm_status fm__ec_fetch_begin(fm__ecache *c, int32_t layer, const int32_t *ids, int32_t n);
 
-/* After fm__ec_fetch_begin(layer, ids, n): returns the experts one at a time in the order
- * they become resident (hits first, then misses as their reads land), so compute overlaps
+/* After fm__ec_fetch_begin(layer, ids, n): returns the experts one at a time, each as soon
+ * as it is resident (resident ones without waiting, misses as their reads land), so compute
+ * overlaps
  * the remaining reads. done[0..n) starts zeroed; each call sets done[*which] = 1 and fills
  * *w with expert ids[*which]; *which = -1 once all are done. Views stay valid until the next
  * fetch / fetch_begin on the layer. FM_ERR_IO (file, offset) if that expert's read failed.
