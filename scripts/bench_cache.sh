@@ -61,8 +61,8 @@ echo "# warm-up prefill $WARM tokens, then $DECODE decoded tokens; prefetch $PRE
 "$BIN" info "$M" --ctx 512 --capacity 8 --cache-dir "" 2>/dev/null | grep -E "^(layers|experts|bytes per expert|all experts|resident)" | sed 's/^/# /'
 nexp=$("$BIN" info "$M" --ctx 512 --capacity 8 --cache-dir "" 2>/dev/null | awk '/^experts/ {print $2+0}')
 
-printf "\n%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %6s %9s\n" capacity "tok/s" "tok/s" "hit" "MB/tok" "I/O wait" "compute" "bound" "x bound" "I/O x" "GB/s" "peak RSS"
-printf "%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %6s %9s\n" "" "mean" "median" "rate" "" "ms/tok" "ms/tok" "tok/s" "" "" "reads" ""
+printf "\n%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %6s %6s %9s\n" capacity "tok/s" "tok/s" "hit" "MB/tok" "I/O wait" "compute" "bound" "x bound" "x own" "I/O x" "GB/s" "peak RSS"
+printf "%-10s %7s %7s %7s %7s %8s %8s %8s %7s %6s %6s %6s %9s\n" "" "mean" "median" "rate" "" "ms/tok" "ms/tok" "tok/s" "" "" "" "reads" ""
 compute_s=${COMPUTE_S:-}
 for pct in $CAPS; do
     cap=$(awk -v n="$nexp" -v p="$pct" 'BEGIN {c = int(n * p / 100); if (c < 8) c = 8; print c}')
@@ -74,12 +74,16 @@ for pct in $CAPS; do
         -v n="$DECODE" -v bw="$bw" -v cs="$compute_s" -v w="$io_wait_s" -v mt="$med_tok_s" \
         -v mc="$med_compute_s" -v g="$read_gbps" -v rss="$rss_peak" 'BEGIN {
         bpt = b / n; io = bpt / bw; bound = 1 / (io + cs);
-        printf "%5s%% %3d %7.2f %7.2f %6.1f%% %7.1f %8.1f %8.1f %8.2f %7.2f %6s %6.2f %5.0f MiB\n", pct, cap, tps,
+        printf "%5s%% %3d %7.2f %7.2f %6.1f%% %7.1f %8.1f %8.1f %8.2f %7.2f %6.2f %6s %6.2f %5.0f MiB\n", pct, cap, tps,
                1 / mt, 100 * h / (h + m > 0 ? h + m : 1), bpt / 1e6, 1000 * w / n, 1000 * mc, bound,
-               bound * mt, (io > 0.0005 ? sprintf("%.2f", (w / n) / io) : "-"), g, rss / 1048576 }'
+               bound * mt, mt / (io + mc), (io > 0.0005 ? sprintf("%.2f", (w / n) / io) : "-"), g,
+               rss / 1048576 }'
 done
 echo "# bound = 1 / (bytes per token / disk bandwidth + median compute s per token of the 100% run: ${compute_s:-?} s)"
 echo "# x bound = median time per token / bound time per token (target <= 1.3); compute = time - I/O wait"
+echo "# x own = median time per token / (bytes per token / disk bandwidth + this run's median compute):"
+echo "#         the same bound with the run's own compute time (on a shared machine the compute"
+echo "#         time of a run varies by up to 2x from run to run, so the 100% figure is a noisy base)"
 echo "# I/O x = I/O wait per token / (bytes per token / disk bandwidth): the cache's read efficiency,"
 echo "#         independent of the compute time (which other processes on a shared machine disturb)"
 echo "# medians resist other processes' bursts on a shared machine; the mean is shown too"
