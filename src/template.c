@@ -2464,7 +2464,7 @@ static jv do_filter(R *r, const node *n, const char *f, jv v, args *A) {
         return py_replace(r, s, o, w, c && c->t != JV_NONE ? int_arg(r, n, c, -1, "replace") : -1);
     }
     if (!strcmp(f, "items")) {
-        if (v.t == JV_UNDEF) return jv_list_new(&r->a, 0);
+        if (v.t == JV_UNDEF) return gen(jv_list_new(&r->a, 0));
         if (v.t != JV_DICT) rfail(r, n, "can only get item pairs from a mapping");
         jv l = jv_list_new(&r->a, v.u.d->n);
         for (size_t i = 0; i < v.u.d->n; i++) jv_list_push(&r->a, &l, mk_tuple2(r, v.u.d->k[i], v.u.d->v[i]));
