@@ -250,12 +250,17 @@ static void test_path(const char *path) {
             int bits = bits_list[bi], g = groups[gi];
             fm__dtype sdt = sdts[(bi + gi) % 3];
             int64_t cols = (int64_t)g * (gi == 0 ? 7 : 3); /* 224, 192, 384: odd group counts */
-            if (bi == 2 && gi == 0) cols = 320; /* Q4 g32 in whole 64-column chunks */
             tmat m;
             tmat_make(&m, FM_W_QAFFINE, 11, cols, bits, g, sdt);
             snprintf(what, sizeof what, "Q%d g%d %s 11x%lld", bits, g, fm__dtype_name(sdt), (long long)cols);
             check_mat(path, &m.m, what);
             tmat_free(&m);
+            if (g == 32) { /* also in whole 64-column chunks (the integer kernels) */
+                tmat_make(&m, FM_W_QAFFINE, 11, 320, bits, g, sdt);
+                snprintf(what, sizeof what, "Q%d g%d %s 11x320", bits, g, fm__dtype_name(sdt));
+                check_mat(path, &m.m, what);
+                tmat_free(&m);
+            }
         }
     /* large enough to be split over threads; 4 and 8 bits with every group size */
     for (size_t bi = 0; bi < FM_ARRAY_LEN(bits_list); bi++)

@@ -16,7 +16,7 @@ typedef struct {
     int (*avail)(void);
     /* 4- and 8-bit affine activation digits (fm__kargs.xq), or NULL */
     void (*xq_prep)(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
-    int xq8; /* the digits are used for 8-bit weights too */
+    int xq_all; /* the digits are used for every bit width, not only 4 */
 } kpath;
 
 static int avail_yes(void) { return 1; }
@@ -39,7 +39,7 @@ static void x86_probe(void) {
     int avx2 = (b >> 5) & 1, f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
     g_x86.avx2 = ymm && avx2 && fma && f16c;
     g_x86.avx512 = g_x86.avx2 && zmm && f && dq && bw && vl;
-    g_x86.vnni = g_x86.avx512 && ((c >> 11) & 1);
+    g_x86.vnni = g_x86.avx512 && ((c >> 11) & 1) && ((c >> 1) & 1); /* VNNI and VBMI */
 }
 static int avail_avx2(void) { pthread_once(&g_x86_once, x86_probe); return g_x86.avx2; }
 static int avail_avx512(void) { pthread_once(&g_x86_once, x86_probe); return g_x86.avx512; }
@@ -147,7 +147,7 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         run_rows(p, &j);
         return;
     }
-    int use_xq = k->xq_prep && (W->bits == 4 || (W->bits == 8 && k->xq8)) && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
+    int use_xq = k->xq_prep && (W->bits == 4 || k->xq_all) && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
     float xs[XS_FLOATS];
     _Alignas(64) int8_t xq[XQ_BYTES];
     int64_t per = XS_FLOATS / ng;

@@ -12,8 +12,8 @@
 typedef struct fm__kargs {
     const float *xs;   /* group sums of X (fm__xsum): FM_W_QAFFINE on the SIMD paths */
     int64_t ldxs;
-    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep_*): 4- and 8-bit */
-    int64_t ldxq;      /*   affine on the avx512vnni path, 4-bit on the avx2 path */
+    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep_*): affine */
+    int64_t ldxq;      /*   weights on the avx512vnni path, 4-bit ones on the avx2 path */
     const float *xqs;  /* the scale of each 64-column chunk of xq */
     int64_t ldxqs;
 } fm__kargs;

@@ -11,7 +11,7 @@
  *   dense:  two vector accumulators over chunks of 2*VW columns (even / odd vector),
  *           y = hsum(a0 + a1) + scalar tail (in column order).
  *   affine: per group g, two vector accumulators of q*x (even / odd vector of the group),
- *           acc += (d0 + d1) * scale_g;  y = hsum(acc) + sum_g bias_g * xsum_g (in g order),
+ *           acc += (d0 + d1) * scale_g;  y = hsum(acc) + sum_g bias_g * xsum_g (bias_dot_t),
  *           where xsum_g = sum of x over the group (fm__xsum).
  * Several batch rows share each pass over a weight row (KB at a time), so prefill reads
  * the weights once. */
@@ -72,6 +72,21 @@ AI void dense_rows(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int
         default: break;
         }
     }
+}
+
+/* sum_g bias_g * xs[g]: VW lanes at a time, then the lane sum, then the rest in order. */
+AI float bias_dot_t(const void *biases, fm__dtype sdt, int64_t base, const float *xs, int64_t ng) {
+    vf a = VZERO();
+    int64_t g = 0;
+    for (; g + VW <= ng; g += VW) {
+        vf bv = sdt == FM_DT_BF16  ? VLOAD_BF16((const uint16_t *)biases + base + g)
+                : sdt == FM_DT_F16 ? VLOAD_F16((const uint16_t *)biases + base + g)
+                                   : VLOAD((const float *)biases + base + g);
+        a = VFMA(bv, VLOAD(xs + g), a);
+    }
+    float t = VHSUM(a);
+    for (; g < ng; g++) t += fm__ld_scale(biases, sdt, base + g) * xs[g];
+    return t;
 }
 
 /* One weight row of an affine matrix against NB batch rows. BITS: 4, 8, or 0 (any bits,
@@ -144,10 +159,7 @@ AI void q_nb(const fm__mat *W, int64_t r, const float *X, int64_t ldx, float *Y,
     }
 #pragma GCC unroll 4
     for (int b = 0; b < NB; b++) {
-        float bs = 0;
-        const float *xsb = xs + b * ldxs;
-        for (int64_t g = 0; g < ng; g++) bs += fm__ld_scale(biases, sdt, r * ng + g) * xsb[g];
-        Y[b * ldy] = VHSUM(acc[b]) + bs;
+        Y[b * ldy] = VHSUM(acc[b]) + bias_dot_t(biases, sdt, r * ng, xs + b * ldxs, ng);
     }
 }
 

@@ -161,10 +161,7 @@ static inline __attribute__((always_inline)) void q4i_nb(const fm__mat *W, int64
     }
 #pragma GCC unroll 4
     for (int b = 0; b < NB; b++) {
-        float bs = 0;
-        const float *xsb = ka->xs + (b0 + b) * ka->ldxs;
-        for (int64_t g = 0; g < ng; g++) bs += fm__ld_scale(W->biases, sdt, r * ng + g) * xsb[g];
-        Y[(b0 + b) * ldy + r] = VHSUM(acc[b]) + bs;
+        Y[(b0 + b) * ldy + r] = VHSUM(acc[b]) + bias_dot_t(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng);
     }
 }
 

@@ -1,5 +1,6 @@
 /* kernels_avx512.c: the AVX-512 kernel paths, 16 lanes: "avx512" (F/BW/VL/DQ: the
- * kern_tmpl.h kernels) and "avx512vnni" (the same plus an integer 4-bit affine kernel).
+ * kern_tmpl.h kernels) and "avx512vnni" (the same plus integer affine kernels for every
+ * MLX bit width; needs VNNI and VBMI).
  * Built with AVX-512 flags by the Makefile and used only when cpuid reports the features
  * (dispatch.c). */
 #include <immintrin.h>
@@ -199,6 +200,91 @@ static inline __attribute__((always_inline)) void q8v_nb(const fm__mat *W, int64
                                 bias_dot(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng);
 }
 
+/* Bits 2, 3, 5 and 6: each 64-column chunk is 8*bits bytes; two vpermb gather, for every
+ * column, the two bytes holding its bits into a 16-bit lane, vpsrlvw aligns them and the
+ * values are packed to 64 unsigned bytes in column order (digits as for 8 bits). q < 64,
+ * so the digit sums nest as for 4 bits ((a.q << 8) + b.q << 8) + c.q < 2^31. */
+typedef struct { __m512i idx[2], sh[2], mask; __mmask64 ld; } qgen_tab;
+
+static void qgen_init(qgen_tab *t, int bits) {
+    for (int h = 0; h < 2; h++) {
+        uint8_t ix[64];
+        uint16_t sh[32];
+        for (int j = 0; j < 32; j++) {
+            int bit = (32 * h + j) * bits;
+            ix[2 * j] = (uint8_t)(bit >> 3);
+            ix[2 * j + 1] = (uint8_t)((bit >> 3) + 1);
+            sh[j] = (uint16_t)(bit & 7);
+        }
+        t->idx[h] = _mm512_loadu_si512(ix);
+        t->sh[h] = _mm512_loadu_si512(sh);
+    }
+    t->mask = _mm512_set1_epi16((short)((1 << bits) - 1));
+    t->ld = bits >= 8 ? ~(__mmask64)0 : (((__mmask64)1 << (8 * bits)) - 1);
+}
+
+#define VBMI __attribute__((target("avx512vbmi"))) /* the path requires it (dispatch.c) */
+
+static inline __attribute__((always_inline)) VBMI void qgv_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy,
+                                                         const fm__kargs *ka, const qgen_tab *tb, int64_t b0,
+                                                         const int NB, const int G) {
+    const int64_t C = W->cols, nc = C / 64, ng = C / G;
+    const int bits = W->bits;
+    const fm__dtype sdt = W->sdt;
+    const void *scales = W->scales;
+    const uint8_t *row = (const uint8_t *)W->data + r * (C * bits / 8);
+    const int8_t *xq[KB];
+    const float *xqs[KB];
+    __m512 acc[KB];
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++) {
+        xq[b] = ka->xq + (b0 + b) * ka->ldxq;
+        xqs[b] = ka->xqs + (b0 + b) * ka->ldxqs;
+        acc[b] = _mm512_setzero_ps();
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        __m512i v = _mm512_maskz_loadu_epi8(tb->ld, row + c * 8 * bits);
+        __m512i w0 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(tb->idx[0], v), tb->sh[0]), tb->mask);
+        __m512i w1 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(tb->idx[1], v), tb->sh[1]), tb->mask);
+        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(w0)), _mm512_cvtepi16_epi8(w1), 1);
+        __m512 sw;
+        if (G == 32) { /* lanes 0-7: columns 0-31, lanes 8-15: columns 32-63 */
+            float a = fm__ld_scale(scales, sdt, r * ng + 2 * c), bb = fm__ld_scale(scales, sdt, r * ng + 2 * c + 1);
+            sw = _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(bb), 1);
+        } else {
+            sw = _mm512_set1_ps(fm__ld_scale(scales, sdt, r * ng + c * 64 / G));
+        }
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) {
+            const int8_t *p = xq[b] + c * 192;
+            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(p));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 64));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 128));
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sw, _mm512_set1_ps(xqs[b][c])), acc[b]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++)
+        Y[(b0 + b) * ldy + r] = _mm512_reduce_add_ps(acc[b]) +
+                                bias_dot(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng);
+}
+
+static inline __attribute__((always_inline)) VBMI void qgv_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
+                                                           float *Y, int64_t ldy, const fm__kargs *ka, const int G) {
+    qgen_tab tb;
+    qgen_init(&tb, W->bits);
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t b = 0;
+        for (; b + KB <= n; b += KB) qgv_nb(W, r, Y, ldy, ka, &tb, b, KB, G);
+        switch (n - b) {
+        case 1: qgv_nb(W, r, Y, ldy, ka, &tb, b, 1, G); break;
+        case 2: qgv_nb(W, r, Y, ldy, ka, &tb, b, 2, G); break;
+        case 3: qgv_nb(W, r, Y, ldy, ka, &tb, b, 3, G); break;
+        default: break;
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
                                                            float *Y, int64_t ldy, const fm__kargs *ka, const int G) {
     for (int64_t r = r0; r < r1; r++) {
@@ -227,12 +313,20 @@ static inline __attribute__((always_inline)) void q8v_rows(const fm__mat *W, int
     }
 }
 
-FM_ROWS_DECL(fm__rows_avx512vnni) {
+VBMI FM_ROWS_DECL(fm__rows_avx512vnni) {
     if (W->type == FM_W_QAFFINE && W->bits == 4 && ka && ka->xq) {
         switch (W->group) {
         case 32: q4v_rows(W, r0, r1, n, Y, ldy, ka, 32); return;
         case 64: q4v_rows(W, r0, r1, n, Y, ldy, ka, 64); return;
         case 128: q4v_rows(W, r0, r1, n, Y, ldy, ka, 128); return;
+        default: break;
+        }
+    }
+    if (W->type == FM_W_QAFFINE && W->bits <= 6 && W->bits != 4 && ka && ka->xq) {
+        switch (W->group) {
+        case 32: qgv_rows(W, r0, r1, n, Y, ldy, ka, 32); return;
+        case 64: qgv_rows(W, r0, r1, n, Y, ldy, ka, 64); return;
+        case 128: qgv_rows(W, r0, r1, n, Y, ldy, ka, 128); return;
         default: break;
         }
     }

@@ -25,8 +25,31 @@ static inline uint32_t qget(const uint32_t *w, int32_t bits, int64_t j) {
     return (uint32_t)v & ((1u << bits) - 1);
 }
 
+/* 8 values of `bits` bits from `bits` bytes (MLX's packs are whole bytes: 8 values per
+ * 2/3/4/5/6/8 bytes, lowest bits first). */
+static inline __attribute__((always_inline)) void unpack8(const uint8_t *p, const int bits, float *out) {
+    uint64_t v = 0;
+    for (int i = 0; i < bits; i++) v |= (uint64_t)p[i] << (8 * i);
+    for (int i = 0; i < 8; i++) out[i] = (float)((v >> (i * bits)) & ((1u << bits) - 1));
+}
+
+static inline __attribute__((always_inline)) void unpack_n(const uint8_t *p, const int bits, int count, float *out) {
+    for (int k = 0; k + 8 <= count; k += 8, p += bits) unpack8(p, bits, out + k);
+}
+
 void fm__qunpack(const uint32_t *row, int32_t bits, int64_t j0, int count, float *out) {
-    for (int k = 0; k < count; k++) out[k] = (float)qget(row, bits, j0 + k);
+    const uint8_t *p = (const uint8_t *)row + j0 * bits / 8;
+    int n8 = count & ~7;
+    switch (bits) {
+    case 2: unpack_n(p, 2, n8, out); break;
+    case 3: unpack_n(p, 3, n8, out); break;
+    case 4: unpack_n(p, 4, n8, out); break;
+    case 5: unpack_n(p, 5, n8, out); break;
+    case 6: unpack_n(p, 6, n8, out); break;
+    case 8: unpack_n(p, 8, n8, out); break;
+    default: n8 = 0; break;
+    }
+    for (int k = n8; k < count; k++) out[k] = (float)qget(row, bits, j0 + k);
 }
 
 void fm__xsum(const float *x, int64_t cols, int32_t group, float *xs) {
