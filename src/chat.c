@@ -108,7 +108,10 @@ static fm_status build_ctx(const fm__tokenizer *tok, const fm_chat_msg *msgs, si
             goto fail;
         }
         cJSON_AddItemToObject(ctx, "tools", tools);
+    } else {
+        cJSON_AddNullToObject(ctx, "tools"); /* transformers always passes tools, None */
     }
+    cJSON_AddNullToObject(ctx, "documents");
     cJSON_AddBoolToObject(ctx, "add_generation_prompt", add_gen ? 1 : 0);
     const char *bos = tok ? fm__tok_bos_token(tok) : NULL;
     const char *eos = tok ? fm__tok_eos_token(tok) : NULL;
