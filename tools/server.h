@@ -57,6 +57,7 @@ typedef struct server {
     pthread_cond_t work_cv;     /* worker waits here for jobs */
     srv_job *head, *tail;       /* waiting jobs, FIFO */
     int n_waiting, busy, stopping;
+    int n_jobs;                 /* jobs alive (shutdown waits for their replies) */
     pthread_t worker;
     int worker_started;
     /* sessions, touched by the worker thread only */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum { FAM_OPENAI = 0, FAM_ANTHROPIC };
 enum { R_NONE = 0, R_HEALTH, R_MODELS, R_MODEL, R_CHAT, R_COMPLETIONS, R_MESSAGES, R_COUNT };
@@ -217,7 +218,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         deadline_in(&ts, SRV_POLL_MS);
         pthread_cond_timedwait(&j->cv, &s->mu, &ts);
         if (j->out_sent < j->out.n) continue;
-        if (client_gone(x->fd) || s->stopping) {
+        /* on shutdown the worker still ends every job, so the stream ends cleanly */
+        if (client_gone(x->fd)) {
             ret = MHD_CONTENT_READER_END_WITH_ERROR;
             break;
         }
@@ -263,7 +265,7 @@ static enum MHD_Result run_job(server *s, struct MHD_Connection *c, req_ctx *r, 
         struct timespec ts;
         deadline_in(&ts, SRV_POLL_MS);
         pthread_cond_timedwait(&j->cv, &s->mu, &ts);
-        if (j->state != JOB_DONE && (client_gone(fd) || s->stopping)) { gone = 1; break; }
+        if (j->state != JOB_DONE && client_gone(fd)) { gone = 1; break; }
     }
     pthread_mutex_unlock(&s->mu);
     if (gone) {
@@ -393,7 +395,8 @@ int srv_run(server *s) {
         fprintf(stderr, "flash-moe: cannot resolve --host %s: %s\n", s->cfg.host, gai_strerror(gai));
         return 1;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     /* signals go to the main thread only */
     sigset_t set, old;
@@ -435,8 +438,19 @@ int srv_run(server *s) {
     int sig = 0;
     sigwait(&set, &sig);
     fprintf(stderr, "flash-moe: %s received, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    srv_queue_stop(s);
+    MHD_socket listen_fd = MHD_quiesce_daemon(d); /* no new connections */
+    srv_queue_stop(s);     /* the running job stops at its next token; queued ones fail */
+    /* let the connections send those last replies (at most 3 s) */
+    for (int i = 0; i < 300; i++) {
+        pthread_mutex_lock(&s->mu);
+        int left = s->n_jobs;
+        pthread_mutex_unlock(&s->mu);
+        if (!left) break;
+        usleep(10000);
+    }
+    usleep(100000);
     MHD_stop_daemon(d);
+    if (listen_fd != MHD_INVALID_SOCKET) close(listen_fd);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return 0;
 }

@@ -126,6 +126,9 @@ srv_job *srv_job_new(server *s, int api) {
     j->api = api;
     j->refs = 1;
     pthread_cond_init(&j->cv, NULL);
+    pthread_mutex_lock(&s->mu);
+    s->n_jobs++;
+    pthread_mutex_unlock(&s->mu);
     j->created = (long)time(NULL);
     j->stop_idx = -1;
     j->gp = s->defaults;
@@ -139,7 +142,11 @@ void srv_job_ref(srv_job *j) {
     pthread_mutex_unlock(&j->srv->mu);
 }
 
-static void job_free(srv_job *j) {
+/* Frees j; locked says whether the caller holds srv->mu. */
+static void job_free(srv_job *j, int locked) {
+    if (!locked) pthread_mutex_lock(&j->srv->mu);
+    j->srv->n_jobs--;
+    if (!locked) pthread_mutex_unlock(&j->srv->mu);
     free(j->ids);
     for (int i = 0; i < j->n_stops; i++) free(j->stops[i]);
     free(j->stops);
@@ -167,7 +174,7 @@ void srv_job_unref(srv_job *j) {
     pthread_mutex_lock(&j->srv->mu);
     int last = --j->refs == 0;
     pthread_mutex_unlock(&j->srv->mu);
-    if (last) job_free(j);
+    if (last) job_free(j, 0);
 }
 
 void srv_job_fail(srv_job *j, int status, const char *type, const char *fmt, ...) {
@@ -357,7 +364,12 @@ static void run_job(server *s, srv_job *j) {
                     (double)stats.bytes_read / 1073741824.0, stats.io_wait_ms,
                     (double)stats.rss_bytes / 1073741824.0, (double)stats.kv_bytes / 1073741824.0);
     }
-    if (st == FM_OK || st == FM_ERR_CANCELLED) {
+    pthread_mutex_lock(&s->mu);
+    int shutdown = st == FM_ERR_CANCELLED && !j->stop_hit && !j->cancel && s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    if (shutdown) {
+        srv_job_fail(j, 503, "overloaded_error", "the server is shutting down");
+    } else if (st == FM_OK || st == FM_ERR_CANCELLED) {
         if (j->stop_hit) j->finish = FIN_STOPSEQ;
         else if (st == FM_ERR_CANCELLED) j->finish = FIN_CANCEL;
         else if (fin == FM_FINISH_LENGTH) j->finish = FIN_LENGTH;
@@ -410,7 +422,7 @@ static void *worker_main(void *arg) {
         pthread_cond_broadcast(&j->cv);
         if (--j->refs == 0) {
             pthread_mutex_unlock(&s->mu);
-            job_free(j);
+            job_free(j, 0);
             pthread_mutex_lock(&s->mu);
         }
     }
@@ -423,7 +435,7 @@ static void *worker_main(void *arg) {
         srv_job_fail(j, 503, "overloaded_error", "the server is shutting down");
         j->state = JOB_DONE;
         pthread_cond_broadcast(&j->cv);
-        if (--j->refs == 0) job_free(j);
+        if (--j->refs == 0) job_free(j, 1);
     }
     s->tail = NULL;
     pthread_mutex_unlock(&s->mu);
