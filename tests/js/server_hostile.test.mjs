@@ -280,3 +280,24 @@ test('afterwards both servers answer /health and a normal request', async () => 
     assert.equal(m.status, 200);
   }
 });
+
+test('SIGTERM mid-stream: the stream ends with an error event, a queued request gets 503', async () => {
+  const C = await startServer(['--force-completion', LONG]);
+  const stream = fetch(`${C.url}/v1/chat/completions`, { method: 'POST', headers: auth, body: JSON.stringify(chatBody({ max_tokens: 1400, stream: true })) });
+  const r = await stream;
+  const reader = r.body.getReader();
+  let text = new TextDecoder().decode((await reader.read()).value);
+  const queued = post(C, '/v1/messages', { model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'x' }] });
+  await sleep(200);
+  const exited = C.stop();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+  }
+  assert.match(text, /data: \{"error":\{"message":"the server is shutting down"/);
+  assert.match(text, /data: \[DONE\]\n\n$/);
+  const q = await queued;
+  await expectError(q, 503, 'anthropic');
+  assert.equal((await exited).code, 0, C.stderr().slice(-2000));
+});
