@@ -89,6 +89,11 @@ struct fm_model {
     float *ebuf;             /* [B, top_k, hidden] per-(token, rank) expert outputs */
     float *ein, *eout;       /* [B, hidden] gathered expert input / output */
     float *sg;               /* [B] shared expert gate */
+    float *sbuf;             /* [B, hidden] shared expert output */
+    uint8_t *done;           /* [capacity] fm__ec_fetch_any progress */
+    float *pf_x, *pf_rl;     /* [hidden], [n_experts]: next-layer router (prefetch) */
+    int32_t *pf_ids;         /* [top_k] */
+    float *pf_w;             /* [top_k] */
     int32_t *cnt, *eoff;     /* [n_experts + 1] */
     int32_t *elist;          /* [B * top_k] (token*top_k + rank), grouped by expert */
     int32_t *uniq;           /* [n_experts] experts routed in this batch */
@@ -246,12 +251,20 @@ static fm_status alloc_scratch(fm_model *m) {
     m->ein = falloc(B * H);
     m->eout = falloc(B * H);
     m->sg = falloc(B);
+    m->sbuf = falloc(B * H);
+    m->done = fm__calloc((size_t)(cap > 0 ? cap : 1), 1);
+    m->pf_x = falloc(H);
+    m->pf_rl = falloc(E);
+    m->pf_ids = fm__calloc(K, sizeof *m->pf_ids);
+    m->pf_w = falloc(K);
     m->topi = fm__calloc(B * K, sizeof *m->topi);
     m->cnt = fm__calloc(E + 1, sizeof *m->cnt);
     m->eoff = fm__calloc(E + 1, sizeof *m->eoff);
     m->elist = fm__calloc(B * K, sizeof *m->elist);
     m->uniq = fm__calloc(E, sizeof *m->uniq);
     m->ew = fm__calloc((size_t)(cap > 0 ? cap : 1), sizeof *m->ew);
+    if (!m->sbuf || !m->done || !m->pf_x || !m->pf_rl || !m->pf_ids || !m->pf_w)
+        return fm__err(FM_ERR_NOMEM, "out of memory for the forward pass scratch");
     if (!m->gate || !m->qg || !m->mix_scratch) return fm__err(FM_ERR_NOMEM, "out of memory for the forward pass scratch");
     if (!m->x || !m->xb || !m->hb || !m->q || !m->att || !m->k || !m->v || !m->mg_out ||
         !m->mu_out || !m->rl || !m->topw || !m->ebuf || !m->ein || !m->eout || !m->sg ||
@@ -428,7 +441,8 @@ void fm_model_free(fm_model *m) {
     fm__st_free(m->st);
     fm__config_free(m->cfg);
     void *bufs[] = {m->x, m->xb, m->hb, m->q, m->att, m->gate, m->qg, m->mix_scratch, m->k, m->v, m->mg_out, m->mu_out, m->rl,
-                    m->topw, m->ebuf, m->ein, m->eout, m->sg, m->topi, m->cnt, m->eoff, m->elist,
+                    m->topw, m->ebuf, m->ein, m->eout, m->sg, m->sbuf, m->done, m->pf_x, m->pf_rl,
+                    m->pf_ids, m->pf_w, m->topi, m->cnt, m->eoff, m->elist,
                     m->uniq, m->ew, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(m->dir);
@@ -586,7 +600,36 @@ static void run_expert(fm_model *m, const fm__expert_w *ew, const float *xb, int
         memcpy(m->ebuf + (size_t)m->elist[first + i] * H, m->eout + (size_t)i * H, (size_t)H * 4);
 }
 
-/* Routed experts of MoE layer w for xb[0..T) into out. */
+/* Top-k of probabilities pr[0..E) into ti/tw (ties to the lower id), renormalized to sum
+ * 1 when norm. */
+static void top_k(const float *pr, int32_t E, int32_t K, int norm, int32_t *ti, float *tw) {
+    double sum = 0;
+    for (int32_t k = 0; k < K; k++) {
+        int32_t best = -1;
+        for (int32_t e = 0; e < E; e++) {
+            bool taken = false;
+            for (int32_t j = 0; j < k; j++) taken |= ti[j] == e;
+            if (!taken && (best < 0 || pr[e] > pr[best])) best = e;
+        }
+        ti[k] = best;
+        tw[k] = pr[best];
+        sum += pr[best];
+    }
+    if (norm)
+        for (int32_t k = 0; k < K; k++) tw[k] = (float)(tw[k] / sum);
+}
+
+/* Shared expert of w over xb[0..T): sbuf = expert(x), sg = its gate logit. */
+static void shared_expert(fm_model *m, const layer_w *w, const float *xb, int32_t T) {
+    mlp(m, w, xb, T, m->sbuf);
+    fm__matmul(m->pool, &w->shared_gate, xb, m->cfg->hidden, T, m->sg, 1);
+}
+
+/* MoE block of layer w for xb[0..T) into out: routed experts combined in rank order, plus
+ * the shared expert scaled by its sigmoid gate. The reads of a chunk of experts start as
+ * soon as the router has run; the shared expert and the resident experts run while they
+ * are in flight, and each missing expert runs as its read lands. Each expert writes only
+ * its own (token, rank) rows of ebuf, so the order experts run in changes no bit. */
 static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, float *out) {
     const fm__config *c = m->cfg;
     int32_t E = c->n_experts, K = c->top_k, H = c->hidden;
@@ -595,24 +638,9 @@ static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, 
     fm__matmul(m->pool, &w->router, xb, H, T, m->rl, E);
     for (int32_t t = 0; t < T; t++) fm__softmax(m->rl + (size_t)t * E, E);
     /* 2. top-k per token (ties to the lower id), optional renormalization */
-    for (int32_t t = 0; t < T; t++) {
-        float *pr = m->rl + (size_t)t * E, *tw = m->topw + (size_t)t * K;
-        int32_t *ti = m->topi + (size_t)t * K;
-        double sum = 0;
-        for (int32_t k = 0; k < K; k++) {
-            int32_t best = -1;
-            for (int32_t e = 0; e < E; e++) {
-                bool taken = false;
-                for (int32_t j = 0; j < k; j++) taken |= ti[j] == e;
-                if (!taken && (best < 0 || pr[e] > pr[best])) best = e;
-            }
-            ti[k] = best;
-            tw[k] = pr[best];
-            sum += pr[best];
-        }
-        if (c->norm_topk_prob)
-            for (int32_t k = 0; k < K; k++) tw[k] = (float)(tw[k] / sum);
-    }
+    for (int32_t t = 0; t < T; t++)
+        top_k(m->rl + (size_t)t * E, E, K, c->norm_topk_prob, m->topi + (size_t)t * K,
+              m->topw + (size_t)t * K);
     /* 3. skip policy: rank 0 always runs; other ranks only if resident, else dropped and
      *    the kept weights rescaled to the original sum */
     if (m->miss_policy == FM_MISS_SKIP) {
@@ -650,17 +678,23 @@ static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, 
         int32_t e = m->topi[i];
         m->elist[m->eoff[e] + m->cnt[e]++] = i;
     }
-    /* 5. fetch the union in chunks of at most the fetch limit (capacity less pinned slots);
-     *    run each expert once */
+    /* 5. fetch the union in chunks of at most the fetch limit (capacity less pinned slots):
+     *    start the chunk's reads, compute the shared expert meanwhile (first chunk), then run
+     *    each expert once, as soon as it is resident */
     int32_t cap = FM_MAX(1, fm__ec_fetch_limit(m->cache));
+    bool shared_done = w->m_inter == 0;
     for (int32_t j0 = 0; j0 < nu; j0 += cap) {
-        int32_t n = FM_MIN(cap, nu - j0);
-        if ((rc = fm__ec_fetch(m->cache, w->moe, m->uniq + j0, n, m->ew))) return rc;
-        for (int32_t j = 0; j < n; j++) {
-            int32_t e = m->uniq[j0 + j];
-            run_expert(m, &m->ew[j], xb, m->eoff[e], m->eoff[e + 1] - m->eoff[e]);
-        }
+        int32_t n = FM_MIN(cap, nu - j0), i = -1;
+        const int32_t *ids = m->uniq + j0;
+        if ((rc = fm__ec_fetch_begin(m->cache, w->moe, ids, n))) return rc;
+        if (!shared_done) { shared_expert(m, w, xb, T); shared_done = true; }
+        memset(m->done, 0, (size_t)n);
+        fm__expert_w ew;
+        while ((rc = fm__ec_fetch_any(m->cache, w->moe, ids, n, m->done, &i, &ew)) == FM_OK && i >= 0)
+            run_expert(m, &ew, xb, m->eoff[ids[i]], m->eoff[ids[i] + 1] - m->eoff[ids[i]]);
+        if (rc) return rc;
     }
+    if (!shared_done) shared_expert(m, w, xb, T);
     /* 6. combine each token's expert outputs in rank order */
     for (int32_t t = 0; t < T; t++) {
         float *o = out + (size_t)t * H;
@@ -673,6 +707,12 @@ static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, 
             for (int32_t d = 0; d < H; d++) o[d] += wk * eo[d];
         }
     }
+    /* 7. shared expert scaled by its sigmoid gate */
+    if (w->m_inter)
+        for (int32_t t = 0; t < T; t++) {
+            float g = fm__sigmoid(m->sg[t]);
+            for (int64_t d = 0; d < H; d++) out[t * H + d] += g * m->sbuf[t * H + d];
+        }
     return FM_OK;
 }
 
@@ -754,16 +794,8 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
         /* 10. FFN pre-norm */
         for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->ffn_norm, H, c->rms_eps);
         if (w->moe >= 0) {
-            /* 11. routed experts (+ shared expert scaled by its sigmoid gate) */
+            /* 11. routed experts (+ shared expert scaled by its sigmoid gate), reads overlapped */
             if ((rc = moe(m, w, m->xb, T, m->hb))) return rc;
-            if (w->m_inter) {
-                mlp(m, w, m->xb, T, m->eout);
-                fm__matmul(m->pool, &w->shared_gate, m->xb, H, T, m->sg, 1);
-                for (int32_t t = 0; t < T; t++) {
-                    float g = fm__sigmoid(m->sg[t]);
-                    for (int64_t d = 0; d < H; d++) m->hb[t * H + d] += g * m->eout[t * H + d];
-                }
-            }
         } else {
             /* 11'. dense SwiGLU MLP */
             mlp(m, w, m->xb, T, m->hb);
