@@ -291,13 +291,16 @@ static fm_status rope_table(fm_model *m) {
     return FM_OK;
 }
 
+/* The packed store directory for fm_model_params.cache_dir: the parameter itself when set
+ * ("" = no store), else $HOME/.cache/flash-moe (created by the store on first use), else
+ * NULL (no HOME: no store). The store writes a temporary file and renames it into place,
+ * so processes sharing the directory never see a partial store. */
 static const char *cache_dir_param(const char *p, char *buf, size_t n) {
     if (p) return p;
     const char *home = getenv("HOME");
     if (!home || !*home) return NULL;
-    snprintf(buf, n, "%s/.cache/flash-moe", home);
-    struct stat st;
-    return stat(buf, &st) == 0 && S_ISDIR(st.st_mode) ? buf : NULL;
+    int len = snprintf(buf, n, "%s/.cache/flash-moe", home);
+    return len > 0 && (size_t)len < n ? buf : NULL;
 }
 
 static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
