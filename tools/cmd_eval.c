@@ -91,6 +91,8 @@ int cmd_eval(int argc, char **argv) {
                 n, dt, n / (dt > 0 ? dt : 1e-9), decode ? "decode" : "prefill",
                 (long long)st.hits, (long long)st.misses, (long long)st.skipped,
                 (double)st.bytes_read / 1048576.0);
+        /* per-layer hit rates, read GB/s, I/O wait, prefetch */
+        fm__ec_log_stats(fm__model_cache(m), FM_LOG_WARN);
     }
     rc = 0;
 done:
