@@ -628,12 +628,25 @@ static void shared_expert(fm_model *m, const layer_w *w, const float *xb, int32_
     fm__matmul(m->pool, &w->shared_gate, xb, m->cfg->hidden, T, m->sg, 1);
 }
 
+/* Speculative prefetch for decode: runs the residual stream m->x[0] through the norm and
+ * router of the next MoE layer `next` and queues reads of its top-k (low priority; exact
+ * results do not depend on it). */
+static void prefetch_next(fm_model *m, const layer_w *next) {
+    const fm__config *c = m->cfg;
+    fm__rmsnorm(m->pf_x, m->x, next->ffn_norm, c->hidden, c->rms_eps);
+    fm__matmul(m->pool, &next->router, m->pf_x, c->hidden, 1, m->pf_rl, c->n_experts);
+    fm__softmax(m->pf_rl, c->n_experts);
+    top_k(m->pf_rl, c->n_experts, c->top_k, c->norm_topk_prob, m->pf_ids, m->pf_w);
+    fm__ec_prefetch(m->cache, next->moe, m->pf_ids, c->top_k);
+}
+
 /* MoE block of layer w for xb[0..T) into out: routed experts combined in rank order, plus
  * the shared expert scaled by its sigmoid gate. The reads of a chunk of experts start as
  * soon as the router has run; the shared expert and the resident experts run while they
  * are in flight, and each missing expert runs as its read lands. Each expert writes only
  * its own (token, rank) rows of ebuf, so the order experts run in changes no bit. */
-static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, float *out) {
+static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const float *xb,
+                     int32_t T, float *out) {
     const fm__config *c = m->cfg;
     int32_t E = c->n_experts, K = c->top_k, H = c->hidden;
     fm_status rc;
@@ -690,6 +703,7 @@ static fm_status moe(fm_model *m, const layer_w *w, const float *xb, int32_t T, 
         int32_t n = FM_MIN(cap, nu - j0), i = -1;
         const int32_t *ids = m->uniq + j0;
         if ((rc = fm__ec_fetch_begin(m->cache, w->moe, ids, n))) return rc;
+        if (j0 == 0 && T == 1 && next && fm__ec_prefetch_enabled(m->cache)) prefetch_next(m, next);
         if (!shared_done) { shared_expert(m, w, xb, T); shared_done = true; }
         memset(m->done, 0, (size_t)n);
         fm__expert_w ew;
@@ -798,7 +812,10 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
         for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->ffn_norm, H, c->rms_eps);
         if (w->moe >= 0) {
             /* 11. routed experts (+ shared expert scaled by its sigmoid gate), reads overlapped */
-            if ((rc = moe(m, w, m->xb, T, m->hb))) return rc;
+            const layer_w *next = NULL; /* the next MoE layer, for speculative prefetch */
+            for (int32_t j = l + 1; j < c->n_layers && !next; j++)
+                if (m->layers[j].moe >= 0) next = &m->layers[j];
+            if ((rc = moe(m, w, next, m->xb, T, m->hb))) return rc;
         } else {
             /* 11'. dense SwiGLU MLP */
             mlp(m, w, m->xb, T, m->hb);
