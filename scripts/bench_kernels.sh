@@ -16,4 +16,4 @@ DIR=.bench/qwen3-30b-a3b-q4g64-l$LAYERS
 if [ ! -f "$DIR/config.json" ]; then
     "$BIN" synth "$DIR" --preset qwen3-30b-a3b --layers "$LAYERS" -q 4 --group 64 --seed 1
 fi
-exec "$BIN" bench --model "$DIR" --seconds 1 --decode 32 "$@"
+exec "$BIN" bench --model "$DIR" --cache-dir "" --seconds 1 --decode 32 "$@"
