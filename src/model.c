@@ -199,13 +199,16 @@ mlp_part:
     return FM_OK;
 }
 
-/* A key that changes when the checkpoint or its config changes (sizes, mtimes). */
+/* A key that changes when the checkpoint or its config changes (canonical paths, sizes,
+ * mtimes), and not with the working directory the model was opened from. */
 static char *content_key(const fm_model *m) {
     uint64_t h = 1469598103934665603ull;
     for (int32_t i = 0; i < m->st->n_files; i++) {
         struct stat st;
-        const char *p = m->st->files[i].path;
+        char *canon = realpath(m->st->files[i].path, NULL);
+        const char *p = canon ? canon : m->st->files[i].path;
         for (const char *q = p; *q; q++) h = (h ^ (uint8_t)*q) * 1099511628211ull;
+        free(canon);
         if (stat(p, &st) == 0) {
             h = (h ^ (uint64_t)st.st_size) * 1099511628211ull;
             h = (h ^ (uint64_t)st.st_mtime) * 1099511628211ull;

@@ -53,6 +53,8 @@ static bool load_fixture(const char *dir, fixture *fx) {
 
 /* Runs the fixture's tokens: decode = 0 one prefill, 1 one token at a time. */
 static int g_threads = 0;
+static int g_prefetch = 0;        /* 1: enable speculative prefetch in run() */
+static int64_t g_prefetched = 0;  /* experts prefetched by the last run() */
 
 static float *run(const char *dir, const fixture *fx, int32_t capacity, int decode, int miss,
                   fm_model_info *info) {
@@ -69,6 +71,7 @@ static float *run(const char *dir, const fixture *fx, int32_t capacity, int deco
         return NULL;
     }
     if (info) fm_model_get_info(m, info);
+    if (g_prefetch) fm__ec_set_prefetch(fm__model_cache(m), 1);
     float *out = malloc((size_t)fx->n * fx->vocab * sizeof *out);
     fm__state *s = NULL;
     bool ok = out && fm__model_vocab(m) == fx->vocab && fm__state_new(m, fx->n, &s) == FM_OK;
@@ -79,6 +82,9 @@ static float *run(const char *dir, const fixture *fx, int32_t capacity, int deco
         ok = fm__forward(m, s, fx->tokens, fx->n, out, 1) == FM_OK;
     }
     if (!ok) printf("# %s: %s\n", dir, fm_last_error());
+    fm__ec_stats2 st;
+    fm__ec_get_stats2(fm__model_cache(m), &st);
+    g_prefetched = st.prefetched;
     fm__state_free(s);
     fm_model_free(m);
     if (!ok) { free(out); return NULL; }
@@ -394,6 +400,17 @@ int main(void) {
                   names[i], caps[c], info.n_experts);
             free(p2);
             free(d2);
+        }
+        /* Speculative next-layer prefetch (decode) changes when experts are read, never
+         * which ones run: logits stay bitwise equal. */
+        if (pre && dec && info.n_moe_layers > 1 && info.n_experts > info.top_k) {
+            g_prefetch = 1;
+            float *d3 = run(dir, &fx, info.top_k, 1, FM_MISS_EXACT, NULL);
+            g_prefetch = 0;
+            CHECK(d3 && g_prefetched > 0 && memcmp(d3, dec, nl * 4) == 0,
+                  "%s: decode with prefetch at capacity %d bitwise equal (%lld prefetched)",
+                  names[i], info.top_k, (long long)g_prefetched);
+            free(d3);
         }
         free(pre);
         free(dec);
