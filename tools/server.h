@@ -137,7 +137,7 @@ void srv_job_ref(srv_job *j);
 /* Appends streaming output for the client (locks srv->mu and wakes the reader, at most
  * once per SRV_COALESCE_S so that fast decoding is sent in batches). */
 #define SRV_COALESCE_S 0.002
-/* How long a waiting connection thread sleeps between checks of its client (seconds). */
+/* How long a waiting connection thread sleeps between checks of its client (ms). */
 #define SRV_POLL_MS 50
 double srv_now(void);
 void srv_job_write(srv_job *j, const char *s, size_t n);
