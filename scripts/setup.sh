@@ -6,9 +6,13 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential pkg-config libpcre2-dev libutf8proc-dev libmicrohttpd-dev libcjson-dev
-      libedit-dev python3 python3-jinja2 nodejs npm curl"
+      libedit-dev python3 python3-jinja2"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+# Node.js and npm: take Debian's only when the machine has none (a Node.js install from
+# elsewhere conflicts with Debian's npm package).
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -q
