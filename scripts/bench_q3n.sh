@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# bench_q3n.sh: prefill and decode speed of a synthetic Qwen3-Next-shaped 4-bit model (MLX
+# layout, real dimensions, LAYERS layers, EXPERTS experts per layer, random weights so
+# routing is near uniform: the worst case for the cache) under a memory budget of FRAC% of
+# its expert bytes + resident weights + KV, next to the bound measured in the same run:
+#     bound time = bytes read / disk bandwidth + compute time
+# Disk bandwidth: O_DIRECT dd reads of the model file (1 stream and 4 streams, the larger
+# is used). Compute time: the run's wall time minus the time the forward pass waited for
+# reads (the cache's "I/O wait"). The bound is the issue's (I/O time + compute, serial);
+# since reads overlap compute, a run can beat it, so the stricter max(I/O, compute) (perfect
+# overlap) is printed next to it.
+#   scripts/bench_q3n.sh [BUILD]   env: LAYERS (4), EXPERTS (512), FRAC (40), PREFILL (64),
+#                                  DECODE (32), WORK (/tmp/fm_bench_q3n), CACHE_DIR ("" =
+#                                  checkpoint reads; a directory = packed store there)
+set -u
+BUILD=${1:-build}
+BIN=$BUILD/flash-moe
+LAYERS=${LAYERS:-4}
+EXPERTS=${EXPERTS:-512}
+FRAC=${FRAC:-40}
+PREFILL=${PREFILL:-64}
+DECODE=${DECODE:-32}
+WORK=${WORK:-/tmp/fm_bench_q3n}
+CACHE_DIR=${CACHE_DIR:-}
+M=$WORK/q3n-${LAYERS}l-${EXPERTS}e
+F=$M/model.safetensors
+if [ ! -f "$F" ] || [ ! -f "$M/config.json" ]; then
+    echo "# generating $M (qwen3-next shape, $LAYERS layers, $EXPERTS experts, 4-bit g64)"
+    /usr/bin/python3 scripts/gen_q3n.py "$M" --layers "$LAYERS" --experts "$EXPERTS" || exit 1
+fi
+size=$(stat -c %s "$F")
+
+# Disk bandwidth, O_DIRECT: one stream, and four streams over disjoint quarters.
+mib=$((size / 1048576 / 4 / 4 * 4)); [ $mib -gt 512 ] && mib=512
+bw1=$(dd if="$F" of=/dev/null iflag=direct bs=4M count=$((mib / 4)) 2>&1 |
+    awk '/copied/ {for (i = 1; i <= NF; i++) if ($i == "s,") print $1 / $(i - 1)}')
+t0=$(date +%s.%N)
+for k in 0 1 2 3; do
+    dd if="$F" of=/dev/null iflag=direct bs=4M skip=$((k * size / 4 / 4194304)) count=$((mib / 4 / 4)) 2>/dev/null &
+done
+wait
+t1=$(date +%s.%N)
+bw4=$(awk -v b=$((4 * (mib / 4 / 4) * 4194304)) -v a="$t0" -v z="$t1" 'BEGIN {print b / (z - a)}')
+bw=$(awk -v a="$bw1" -v b="$bw4" 'BEGIN {print (a > b ? a : b)}')
+
+ctx=$((PREFILL + DECODE))
+info=$("$BIN" info "$M" --ctx $ctx --capacity 10 --cache-dir "" 2>/dev/null)
+resident=$(awk '/^resident weights/ {print $3}' <<<"$info")
+allexp=$(awk '/^all experts/ {print $3}' <<<"$info")
+kv=$(awk '/^KV cache/ {print $5}' <<<"$info")
+ebytes=$(awk '/^bytes per expert/ {print $4}' <<<"$info")
+[ -n "$resident" ] && [ -n "$allexp" ] && [ -n "$kv" ] || { echo "flash-moe info failed"; exit 1; }
+limit_mib=$(awk -v r="$resident" -v a="$allexp" -v k="$kv" -v f="$FRAC" \
+    'BEGIN {printf "%d", (r + k + a * f / 100) / 1048576}')
+echo "# model $M: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}') on disk, resident $(awk -v r="$resident" 'BEGIN {printf "%.0f MiB", r / 1048576}'), experts $(awk -v a="$allexp" 'BEGIN {printf "%.0f MiB", a / 1048576}') ($(awk -v e="$ebytes" 'BEGIN {printf "%.2f MB", e / 1e6}') each), KV $(awk -v k="$kv" 'BEGIN {printf "%.1f MiB", k / 1048576}')"
+awk -v a="$bw1" -v b="$bw4" -v c="$bw" 'BEGIN {printf "# disk (O_DIRECT dd, 4 MiB blocks): 1 stream %.2f GB/s, 4 streams %.2f GB/s -> %.2f GB/s used\n", a/1e9, b/1e9, c/1e9}'
+echo "# --mem-limit ${limit_mib}M = resident + KV + ${FRAC}% of the experts; cache dir '${CACHE_DIR}'; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Pseudo-random token ids (fixed), PREFILL for prefill, PREFILL+DECODE for decode.
+ids() { awk -v n="$1" 'BEGIN {s = 12345; for (i = 0; i < n; i++) {s = (s * 1103515245 + 12345) % 2147483648; printf "%s%d", i ? "," : "", 1000 + s % 150000}}'; }
+
+run() { # mode (prefill|decode), n tokens
+    local extra=() n=$2 log=$WORK/$1.log
+    [ "$1" = decode ] && extra=(--decode)
+    /usr/bin/time -f "peak RSS %M KiB" "$BIN" eval "$M" --tokens "$(ids "$n")" -o "$WORK/$1.f32" \
+        --ctx $ctx --mem-limit "${limit_mib}M" --cache-dir "$CACHE_DIR" --stats "${extra[@]}" >"$log" 2>&1 ||
+        { echo "eval $1 failed:"; tail -5 "$log"; exit 1; }
+    awk -v bw="$bw" -v mode="$1" '
+        /^memory plan/ {cap = $0; sub(/.*capacity /, "", cap); sub(/ per layer.*/, "", cap)}
+        /^eval:/ {n = $2; t = $5; for (i = 1; i <= NF; i++) { if ($i == "hits") h = $(i + 1); if ($i == "misses") ms = $(i + 1) }}
+        /expert cache: capacity/ {for (i = 1; i <= NF; i++) { if ($i == "read" && $(i - 1) == "MB") mb = $(i - 2); if ($i == "wait") w = $(i + 1) }}
+        /^peak RSS/ {rss = $3}
+        END {
+            io = mb * 1e6 / bw; comp = t - w; bound = io + comp; ob = io > comp ? io : comp
+            printf "%-8s %3d tok  capacity %s  hit rate %5.1f%%  read %7.1f MB (%.1f MB/tok)  %7.2f tok/s  | bound %7.2f tok/s (I/O %.3f s + compute %.3f s): %.2fx its time; with perfect overlap max(I/O, compute) %7.2f tok/s: %.2fx  | peak RSS %.0f MiB\n",
+                mode, n, cap, 100 * h / (h + ms), mb, mb / n, n / t, n / bound, io, comp, t / bound, n / ob, t / ob, rss / 1024
+        }' "$log"
+}
+run prefill "$PREFILL"
+run decode "$((PREFILL + DECODE))"
