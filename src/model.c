@@ -11,6 +11,10 @@
  * whatever the cache holds; experts are fetched in chunks of at most the cache capacity
  * and their per-(token, rank) outputs kept until all chunks ran, so logits are bitwise the
  * same at any capacity, and (with batch-independent kernels) in prefill and decode.
+ * Reads overlap compute: a chunk's reads start right after the router, the shared expert
+ * runs meanwhile, and each expert runs as soon as it is resident (fm__ec_fetch_any). With
+ * FM_PREFETCH=1, decode also queues the next MoE layer's likely experts (its router on the
+ * current residual stream); measured slower here, so it is off by default.
  *
  * Layers whose config marks them linear (qwen3_next) run the architecture's token mixer
  * (arch.h fm__mixer) on a flat recurrent state instead of attention over the KV cache. That
