@@ -15,6 +15,9 @@ pass=0 fail=0
 failed_names=()
 logdir=$BUILD/test-logs
 mkdir -p "$logdir"
+# Tests never write into the user's home (the default packed-store directory lives there).
+export HOME=$(mktemp -d /tmp/fm-test-home.XXXXXX)
+trap 'rm -rf "$HOME"' EXIT
 
 run_one() { # name, command...
     local name=$1; shift

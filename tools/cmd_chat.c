@@ -5,6 +5,7 @@
  * new text is prefilled. Commands: /reset, /stats, /quit (also /exit, EOF). Ctrl-C stops
  * the current answer. */
 #include "cli.h"
+#include "model.h"
 
 #include <editline/readline.h>
 #include <pthread.h>
@@ -223,6 +224,7 @@ int cmd_chat(int argc, char **argv) {
             size_t nt = 0;
             fm_session_tokens(s, &nt);
             gen_print_stats(&st, fm_session_finish_reason(s), NULL, 0);
+            fm__ec_log_stats(fm__model_cache(m), FM_LOG_WARN);
             fprintf(stderr, "context: %zu tokens held, %zu messages\n", nt, c.n);
             free(line);
             continue;

@@ -3,6 +3,7 @@
  * --raw feeds the text as is. --stats prints speed, cache, memory and repetition figures
  * to stderr. Ctrl-C stops generation and still prints the statistics. */
 #include "cli.h"
+#include "model.h"
 #include "sampler.h"
 
 #include <signal.h>
@@ -215,6 +216,7 @@ int cmd_run(int argc, char **argv) {
         fm_session_stats(s, &fs);
         /* the streamed text: also there after Ctrl-C */
         gen_print_stats(&fs, fm_session_finish_reason(s), out.text ? out.text : "", out.len);
+        fm__ec_log_stats(fm__model_cache(m), FM_LOG_WARN); /* per-layer hit rates, I/O */
     }
     fm_free(text);
     free(out.text);
