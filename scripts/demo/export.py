@@ -116,10 +116,10 @@ def main():
     ap.add_argument("--data", default=os.path.join(ROOT, "tmp", "demo-data"))
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--val-tokens", type=int, default=32768)
-    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--out", default=None)
     a = ap.parse_args()
     global OUT
-    if os.path.abspath(a.out) != OUT:
+    if a.out and os.path.abspath(a.out) != OUT:
         os.makedirs(a.out, exist_ok=True)
         for fn in ("tokenizer.json", "tokenizer_config.json"):
             with open(os.path.join(OUT, fn), "rb") as src, open(os.path.join(a.out, fn), "wb") as dst:

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Train the demo qwen2_moe model on CPU with the PyTorch transcription in scripts/ref/models.py.
 
-  /usr/bin/python3 scripts/demo/train.py --minutes 25 --seed 0 [--resume]
+  /usr/bin/python3 scripts/demo/train.py --minutes 25 --seed 0 --batch 8 --chat-frac 0.375 --work tmp/demo-train2
 
 Inputs: tmp/demo-data/{train,val,chat_train,chat_val}.jsonl (make_corpus.py, chat_data.py) and
 models/demo/tokenizer.json (bpe.py). Token streams are cached in tmp/demo-data/*.npy.
