@@ -8,6 +8,11 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Software prefetch distance for the weight stream (bytes): the integer kernels run close
+ * to the memory rate, and prefetching across pages keeps enough loads in flight. */
+#ifndef FM_PF
+#define FM_PF 2048
+#endif
 #define VW 16
 typedef __m512 vf;
 #define VZERO() _mm512_setzero_ps()
@@ -137,6 +142,7 @@ static inline __attribute__((always_inline)) void q4v_nb(const fm__mat *W, int64
         acc[b] = _mm512_setzero_ps();
     }
     for (int64_t c = 0; c < nc; c++) {
+        if ((c & 1) == 0) _mm_prefetch((const char *)(row + c * 32) + FM_PF, _MM_HINT_T0);
         __m256i v = _mm256_loadu_si256((const __m256i *)(row + c * 32));
         __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
                                        _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
@@ -176,6 +182,7 @@ static inline __attribute__((always_inline)) void q8v_nb(const fm__mat *W, int64
         acc[b] = _mm512_setzero_ps();
     }
     for (int64_t c = 0; c < nc; c++) {
+        _mm_prefetch((const char *)(row + c * 64) + FM_PF, _MM_HINT_T0);
         __m512i q = _mm512_loadu_si512(row + c * 64);
         __m512 sw;
         if (G == 32) { /* lanes 0-7: columns 0-31, lanes 8-15: columns 32-63 */
@@ -243,6 +250,7 @@ static inline __attribute__((always_inline)) VBMI void qgv_nb(const fm__mat *W, 
         acc[b] = _mm512_setzero_ps();
     }
     for (int64_t c = 0; c < nc; c++) {
+        _mm_prefetch((const char *)(row + c * 8 * bits) + FM_PF, _MM_HINT_T0);
         __m512i v = _mm512_maskz_loadu_epi8(tb->ld, row + c * 8 * bits);
         __m512i w0 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(tb->idx[0], v), tb->sh[0]), tb->mask);
         __m512i w1 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(tb->idx[1], v), tb->sh[1]), tb->mask);
