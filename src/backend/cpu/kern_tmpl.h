@@ -19,6 +19,7 @@
 #include "common.h"
 
 #define KB 4 /* batch rows per weight pass */
+#define KPF 2048 /* software prefetch distance of the weight stream, bytes */
 #define AI static inline __attribute__((always_inline))
 
 enum { T_F32, T_BF16, T_F16 };
@@ -106,6 +107,7 @@ AI void q_nb(const fm__mat *W, int64_t r, const float *X, int64_t ldx, float *Y,
     for (int64_t g = 0; g < ng; g++) {
         const float s = fm__ld_scale(scales, sdt, r * ng + g);
         const int64_t j0 = g * G;
+        __builtin_prefetch(row8 + j0 * bits / 8 + KPF);
         vf d0[KB], d1[KB];
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) d0[b] = d1[b] = VZERO();

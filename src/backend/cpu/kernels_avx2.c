@@ -137,6 +137,7 @@ static inline __attribute__((always_inline)) void q4i_nb(const fm__mat *W, int64
         acc[b] = _mm256_setzero_ps();
     }
     for (int64_t c = 0; c < nc; c++) {
+        if ((c & 1) == 0) _mm_prefetch((const char *)(row + c * 32) + KPF, _MM_HINT_T0);
         __m256i q[2];
         for (int h = 0; h < 2; h++) {
             __m128i v = _mm_loadu_si128((const __m128i *)(row + c * 32 + h * 16));
