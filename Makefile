@@ -39,6 +39,7 @@ AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx512vnni -mfma -mf16c
 
 .PHONY: all test test-tsan clean tests
+.SECONDARY:
 all: $(BIN) $(LIB) $(TESTS)
 
 $(BUILD)/%_avx2.o: %_avx2.c
