@@ -102,6 +102,10 @@ struct fm_model {
     int32_t *elist;          /* [B * top_k] (token*top_k + rank), grouped by expert */
     int32_t *uniq;           /* [n_experts] experts routed in this batch */
     fm__expert_w *ew;        /* [capacity] */
+    int32_t *pidx;           /* [B] decode: the (token, rank) row of each batched expert */
+    const fm__mat **mv_w;    /* [2B] fm__matvec_multi arguments */
+    const float **mv_x;
+    float **mv_y;
 };
 
 #define N_SNAP 2
@@ -270,6 +274,12 @@ static fm_status alloc_scratch(fm_model *m) {
     m->elist = fm__calloc(B * K, sizeof *m->elist);
     m->uniq = fm__calloc(E, sizeof *m->uniq);
     m->ew = fm__calloc((size_t)(cap > 0 ? cap : 1), sizeof *m->ew);
+    m->pidx = fm__calloc(MAX_BATCH, sizeof *m->pidx);
+    m->mv_w = fm__calloc(2 * MAX_BATCH, sizeof *m->mv_w);
+    m->mv_x = fm__calloc(2 * MAX_BATCH, sizeof *m->mv_x);
+    m->mv_y = fm__calloc(2 * MAX_BATCH, sizeof *m->mv_y);
+    if (!m->pidx || !m->mv_w || !m->mv_x || !m->mv_y)
+        return fm__err(FM_ERR_NOMEM, "out of memory for the forward pass scratch");
     if (!m->sbuf || !m->done || !m->pf_x || !m->pf_rl || !m->pf_ids || !m->pf_w)
         return fm__err(FM_ERR_NOMEM, "out of memory for the forward pass scratch");
     if (!m->gate || !m->qg || !m->mix_scratch) return fm__err(FM_ERR_NOMEM, "out of memory for the forward pass scratch");
@@ -453,7 +463,7 @@ void fm_model_free(fm_model *m) {
     void *bufs[] = {m->x, m->xb, m->hb, m->q, m->att, m->gate, m->qg, m->mix_scratch, m->k, m->v, m->mg_out, m->mu_out, m->rl,
                     m->topw, m->ebuf, m->ein, m->eout, m->sg, m->sbuf, m->done, m->pf_x, m->pf_rl,
                     m->pf_ids, m->pf_w, m->topi, m->cnt, m->eoff, m->elist,
-                    m->uniq, m->ew, m->rope_cos, m->rope_sin};
+                    m->uniq, m->ew, m->pidx, m->mv_w, m->mv_x, m->mv_y, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < FM_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(m->dir);
     free(m);
@@ -610,6 +620,28 @@ static void run_expert(fm_model *m, const fm__expert_w *ew, const float *xb, int
         memcpy(m->ebuf + (size_t)m->elist[first + i] * H, m->eout + (size_t)i * H, (size_t)H * 4);
 }
 
+/* Decode (one token): runs the experts m->ew[0..np) on xb[0], expert j writing the
+ * output row of its (token, rank) pair m->pidx[j] of ebuf; the same bits as run_expert on
+ * each, in two pool dispatches (gate and up of all, then down of all). */
+static void run_experts_1(fm_model *m, const float *xb, int32_t np) {
+    int64_t H = m->cfg->hidden, I = m->cfg->moe_inter;
+    for (int32_t j = 0; j < np; j++) {
+        m->mv_w[2 * j] = &m->ew[j].gate;
+        m->mv_w[2 * j + 1] = &m->ew[j].up;
+        m->mv_x[2 * j] = m->mv_x[2 * j + 1] = xb;
+        m->mv_y[2 * j] = m->mg_out + j * I;
+        m->mv_y[2 * j + 1] = m->mu_out + j * I;
+    }
+    fm__matvec_multi(m->pool, 2 * np, m->mv_w, m->mv_x, m->mv_y);
+    for (int32_t j = 0; j < np; j++) {
+        fm__silu_mul(m->mg_out + j * I, m->mu_out + j * I, I);
+        m->mv_w[j] = &m->ew[j].down;
+        m->mv_x[j] = m->mg_out + j * I;
+        m->mv_y[j] = m->ebuf + (size_t)m->pidx[j] * H;
+    }
+    fm__matvec_multi(m->pool, np, m->mv_w, m->mv_x, m->mv_y);
+}
+
 /* Top-k of probabilities pr[0..E) into ti/tw (ties to the lower id), renormalized to sum
  * 1 when norm. */
 static void top_k(const float *pr, int32_t E, int32_t K, int norm, int32_t *ti, float *tw) {
@@ -714,8 +746,22 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
         if (!shared_done) { shared_expert(m, w, xb, T); shared_done = true; }
         memset(m->done, 0, (size_t)n);
         fm__expert_w ew;
-        while ((rc = fm__ec_fetch_any(m->cache, w->moe, ids, n, m->done, &i, &ew)) == FM_OK && i >= 0)
-            run_expert(m, &ew, xb, m->eoff[ids[i]], m->eoff[ids[i] + 1] - m->eoff[ids[i]]);
+        if (T == 1) { /* decode: run the resident experts together, then each landing one */
+            int32_t np = 0;
+            for (;;) {
+                bool more = false; /* another expert is resident: take it before computing */
+                for (int32_t q = 0; q < n && !more && np > 0 && np < MAX_BATCH; q++)
+                    more = !m->done[q] && fm__ec_lookup(m->cache, w->moe, ids[q], NULL);
+                if (np > 0 && !more) { run_experts_1(m, xb, np); np = 0; }
+                if ((rc = fm__ec_fetch_any(m->cache, w->moe, ids, n, m->done, &i, &ew)) || i < 0) break;
+                m->ew[np] = ew;
+                m->pidx[np++] = m->elist[m->eoff[ids[i]]];
+            }
+            if (!rc && np > 0) run_experts_1(m, xb, np);
+        } else {
+            while ((rc = fm__ec_fetch_any(m->cache, w->moe, ids, n, m->done, &i, &ew)) == FM_OK && i >= 0)
+                run_expert(m, &ew, xb, m->eoff[ids[i]], m->eoff[ids[i] + 1] - m->eoff[ids[i]]);
+        }
         if (rc) return rc;
     }
     if (!shared_done) shared_expert(m, w, xb, T);

@@ -27,6 +27,14 @@ void fm__pool_run(fm__pool *p, int64_t n, void (*fn)(int64_t i, void *ctx), void
 void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int64_t n,
                 float *Y, int64_t ldy);
 
+/* y[i][r] = sum_c W[i][r][c] * x[i][c] for each matrix i < nm (r < W[i]->rows): the same
+ * bits as fm__matmul(p, W[i], x[i], W[i]->cols, 1, y[i], W[i]->rows) for each i, with the
+ * rows of all matrices spread over the pool in few dispatches and the preparations of an
+ * input shared by consecutive matrices that read the same x pointer. Outputs must not
+ * overlap any input. Decode: the experts of one token. */
+void fm__matvec_multi(fm__pool *p, int32_t nm, const fm__mat *const *W, const float *const *x,
+                      float *const *y);
+
 /* Writes row r of W (dequantized) into out[W->cols]: embedding lookup. */
 void fm__mat_row(const fm__mat *W, int64_t r, float *out);
 

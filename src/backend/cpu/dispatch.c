@@ -166,3 +166,95 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         run_rows(p, &j);
     }
 }
+
+/* ---- many matrix-vector products in one dispatch --------------------------------- */
+
+#define MV_MAX 32 /* matrices per pool dispatch */
+
+typedef struct {
+    mm_job j[MV_MAX];
+    int64_t first[MV_MAX + 1]; /* first task of each job */
+    int nj;
+} mv_batch;
+
+static void mv_task(int64_t t, void *c) {
+    const mv_batch *b = c;
+    int i = 0;
+    while (t >= b->first[i + 1]) i++;
+    const mm_job *j = &b->j[i];
+    int64_t r0 = (t - b->first[i]) * j->rows_per_task, r1 = FM_MIN(j->W->rows, r0 + j->rows_per_task);
+    j->fn(j->W, r0, r1, j->X, j->ldx, 1, j->Y, j->ldy, &j->ka);
+}
+
+static void mv_flush(fm__pool *p, mv_batch *b) {
+    if (b->nj == 0) return;
+    int nt = fm__pool_size(p);
+    int64_t rows = 0;
+    for (int i = 0; i < b->nj; i++) rows += b->j[i].W->rows;
+    int64_t ntask = (int64_t)FM_MAX(nt, 1) * 8;
+    int64_t rpt = FM_MAX((rows + ntask - 1) / ntask, 4);
+    b->first[0] = 0;
+    for (int i = 0; i < b->nj; i++) {
+        b->j[i].rows_per_task = rpt;
+        b->first[i + 1] = b->first[i] + (b->j[i].W->rows + rpt - 1) / rpt;
+    }
+    fm__pool_run(nt > 1 ? p : NULL, b->first[b->nj], mv_task, b);
+    b->nj = 0;
+}
+
+void fm__matvec_multi(fm__pool *p, int32_t nm, const fm__mat *const *W, const float *const *x,
+                      float *const *y) {
+    const kpath *k = cur_path();
+    mv_batch b;
+    b.nj = 0;
+    float xs[XS_FLOATS];
+    _Alignas(64) int8_t xq[XQ_BYTES];
+    int64_t xs_used = 0, xq_used = 0;
+    int last = -1; /* job whose preparations the next one may share */
+    for (int32_t i = 0; i < nm; i++) {
+        const fm__mat *w = W[i];
+        if (w->rows <= 0) continue;
+        int64_t ng = w->type == FM_W_QAFFINE && w->group > 0 ? w->cols / w->group : 0;
+        if (w->type != FM_W_QAFFINE || k->fn == fm__rows_scalar || ng == 0 || ng > FM_XSUM_MAX) {
+            fm__matmul(p, w, x[i], w->cols, 1, y[i], w->rows); /* no preparations: as is */
+            continue;
+        }
+        int use_xq = k->xq_prep && (w->bits == 4 || k->xq_all) && w->cols % 64 == 0 &&
+                     XQ_ROW_BYTES(w->cols) <= XQ_BYTES;
+        mm_job j = {k->fn, w, x[i], y[i], w->cols, 1, w->rows, 0, {0}};
+        const mm_job *lj = last >= 0 && b.nj > last ? &b.j[last] : NULL;
+        if (lj && lj->X == x[i] && lj->W->cols == w->cols && lj->W->group == w->group &&
+            lj->W->bits == w->bits && (lj->ka.xq != NULL) == use_xq) {
+            j.ka = lj->ka; /* same input, same preparations */
+        } else {
+            int64_t xqb = use_xq ? (w->cols * 3 + w->cols / 64 * 4 + 63) / 64 * 64 : 0;
+            if (b.nj == MV_MAX || xs_used + ng > XS_FLOATS || xq_used + xqb > XQ_BYTES) {
+                mv_flush(p, &b);
+                xs_used = xq_used = 0;
+            }
+            float *s = xs + xs_used;
+            fm__xsum(x[i], w->cols, w->group, s);
+            j.ka = (fm__kargs){s, ng, NULL, w->cols * 3, NULL, w->cols / 64};
+            if (use_xq) {
+                int8_t *q = xq + xq_used;
+                float *qs = (float *)(q + w->cols * 3);
+                k->xq_prep(x[i], w->cols, w->bits, q, qs);
+                j.ka.xq = q;
+                j.ka.xqs = qs;
+            }
+            xs_used += ng;
+            xq_used += xqb;
+            last = b.nj;
+        }
+        if (b.nj == MV_MAX) {
+            mv_flush(p, &b);
+            xs_used = xq_used = 0;
+            /* the shared preparations were in the flushed buffers: redo them */
+            i--;
+            last = -1;
+            continue;
+        }
+        b.j[b.nj++] = j;
+    }
+    mv_flush(p, &b);
+}
