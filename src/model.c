@@ -816,11 +816,18 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
                     memcpy(m->q + t * QD + h * hd, src, (size_t)hd * 4);
                     memcpy(m->gate + t * QD + h * hd, src + hd, (size_t)hd * 4);
                 }
+        } else if (T == 1) { /* decode: one dispatch for the three */
+            const fm__mat *W3[3] = {&w->wq, &w->wk, &w->wv};
+            const float *X3[3] = {m->xb, m->xb, m->xb};
+            float *Y3[3] = {m->q, m->k, m->v};
+            fm__matvec_multi(m->pool, 3, W3, X3, Y3);
         } else {
             fm__matmul(m->pool, &w->wq, m->xb, H, T, m->q, QD);
         }
-        fm__matmul(m->pool, &w->wk, m->xb, H, T, m->k, KVD);
-        fm__matmul(m->pool, &w->wv, m->xb, H, T, m->v, KVD);
+        if (T > 1 || a->attn_output_gate) {
+            fm__matmul(m->pool, &w->wk, m->xb, H, T, m->k, KVD);
+            fm__matmul(m->pool, &w->wv, m->xb, H, T, m->v, KVD);
+        }
         for (int32_t t = 0; t < T; t++) {
             float *q = m->q + t * QD, *k = m->k + t * KVD, *v = m->v + t * KVD;
             if (w->bq) for (int64_t i = 0; i < QD; i++) q[i] += w->bq[i];
