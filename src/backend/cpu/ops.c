@@ -39,26 +39,32 @@ void fm__silu_mul(float *g, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-/* 8 floats as one value (GCC/Clang vector extension; plain SIMD registers or pairs of
- * them on every target): element-wise arithmetic, unaligned loads through memcpy. */
-typedef float fm__v8 __attribute__((vector_size(32)));
-static inline void ld8(fm__v8 *v, const float *p) { __builtin_memcpy(v, p, sizeof *v); }
-static inline void st8(float *p, const fm__v8 *v) { __builtin_memcpy(p, v, sizeof *v); }
+/* 4 floats as one value (GCC/Clang vector extension: one SSE or NEON register on x86-64
+ * and ARM64): element-wise arithmetic, unaligned loads through memcpy. */
+typedef float fm__v4 __attribute__((vector_size(16)));
+static inline void ld4(fm__v4 *v, const float *p) { __builtin_memcpy(v, p, sizeof *v); }
+static inline void st4(float *p, const fm__v4 *v) { __builtin_memcpy(p, v, sizeof *v); }
 
 /* q.k over n floats: 8 running lanes (lane l sums the columns = l mod 8 in order), the
  * remainder added to lane d mod 8, then ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7)). A fixed
  * order, the same on every path. */
 static float dot8(const float *q, const float *k, int32_t n) {
-    fm__v8 acc = {0};
+    fm__v4 a0 = {0}, a1 = {0};
     int32_t d = 0;
     for (; d + 8 <= n; d += 8) {
-        fm__v8 a, b;
-        ld8(&a, q + d);
-        ld8(&b, k + d);
-        acc += a * b;
+        fm__v4 x0, y0, x1, y1;
+        ld4(&x0, q + d);
+        ld4(&y0, k + d);
+        ld4(&x1, q + d + 4);
+        ld4(&y1, k + d + 4);
+        a0 += x0 * y0;
+        a1 += x1 * y1;
     }
-    for (; d < n; d++) acc[d & 7] += q[d] * k[d];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    float l[8]; /* the lanes (the accumulators themselves stay in registers) */
+    st4(l, &a0);
+    st4(l + 4, &a1);
+    for (; d < n; d++) l[d & 7] += q[d] * k[d];
+    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
 }
 
 /* out[d] = out[d] * c + p * v[d] (c == 1 skips the multiply); element-wise, so the same
@@ -66,21 +72,21 @@ static float dot8(const float *q, const float *k, int32_t n) {
 static void scale_axpy(float *out, float c, float p, const float *v, int32_t n) {
     int32_t d = 0;
     if (c != 1.0f) {
-        for (; d + 8 <= n; d += 8) {
-            fm__v8 o;
-            ld8(&o, out + d);
+        for (; d + 4 <= n; d += 4) {
+            fm__v4 o;
+            ld4(&o, out + d);
             o *= c;
-            st8(out + d, &o);
+            st4(out + d, &o);
         }
         for (; d < n; d++) out[d] *= c;
         d = 0;
     }
-    for (; d + 8 <= n; d += 8) {
-        fm__v8 o, x;
-        ld8(&o, out + d);
-        ld8(&x, v + d);
+    for (; d + 4 <= n; d += 4) {
+        fm__v4 o, x;
+        ld4(&o, out + d);
+        ld4(&x, v + d);
         o += p * x;
-        st8(out + d, &o);
+        st4(out + d, &o);
     }
     for (; d < n; d++) out[d] += p * v[d];
 }
