@@ -321,6 +321,46 @@ static void test_pool(void) {
     fm__pool_free(d);
 }
 
+/* fm__matvec_multi gives, for each matrix, the same bits as fm__matmul with n = 1, whatever
+ * the thread count, with inputs shared by consecutive matrices (the decode gate/up case). */
+static void test_multi(const char *path) {
+    enum { NM = 6 };
+    tmat m[NM];
+    tmat_make(&m[0], FM_W_QAFFINE, 37, 256, 4, 64, FM_DT_BF16);  /* gate, expert a */
+    tmat_make(&m[1], FM_W_QAFFINE, 37, 256, 4, 64, FM_DT_BF16);  /* up, expert a (same x) */
+    tmat_make(&m[2], FM_W_QAFFINE, 29, 192, 8, 32, FM_DT_F16);
+    tmat_make(&m[3], FM_W_BF16, 41, 97, 0, 0, FM_DT_F32);
+    tmat_make(&m[4], FM_W_F32, 23, 33, 0, 0, FM_DT_F32);
+    tmat_make(&m[5], FM_W_QAFFINE, 300, 128, 3, 128, FM_DT_F32);
+    float *x[NM], *ref[NM], *y[NM];
+    const fm__mat *W[NM];
+    for (int i = 0; i < NM; i++) {
+        W[i] = &m[i].m;
+        x[i] = (i == 1) ? x[0] : rand_vec(m[i].m.cols);
+        ref[i] = calloc((size_t)m[i].m.rows, sizeof(float));
+        y[i] = calloc((size_t)m[i].m.rows, sizeof(float));
+        fm__matmul(g_pool[1], W[i], x[i], m[i].m.cols, 1, ref[i], m[i].m.rows);
+    }
+    int same = 1;
+    for (int t = 1; t <= 3; t++) {
+        for (int i = 0; i < NM; i++)
+            for (int64_t r = 0; r < m[i].m.rows; r++) y[i][r] = NAN;
+        fm__matvec_multi(g_pool[t], NM, W, (const float *const *)x, y);
+        for (int i = 0; i < NM; i++)
+            if (memcmp(y[i], ref[i], (size_t)m[i].m.rows * sizeof(float)) != 0) {
+                same = 0;
+                printf("# %s matvec_multi: matrix %d differs at %d threads\n", path, i, t);
+            }
+    }
+    CHECK(same, "%s matvec_multi: bitwise equal to fm__matmul per matrix, threads 1-3", path);
+    for (int i = 0; i < NM; i++) {
+        if (i != 1) free(x[i]);
+        free(ref[i]);
+        free(y[i]);
+        tmat_free(&m[i]);
+    }
+}
+
 int main(void) {
     printf("# kernel path: %s\n", fm__kernel_path());
     CHECK(!fm__kernel_force("no-such-path"), "unknown path refused");
@@ -332,6 +372,7 @@ int main(void) {
     for (size_t i = 0; i < FM_ARRAY_LEN(g_paths); i++) {
         if (!fm__kernel_force(g_paths[i])) { printf("# path %s not available here\n", g_paths[i]); continue; }
         test_path(g_paths[i]);
+        test_multi(g_paths[i]);
         tested++;
     }
     CHECK(tested >= 1, "%d kernel paths tested", tested);
