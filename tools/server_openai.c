@@ -409,6 +409,24 @@ static const char *const CHAT_KEYS[] = {
     "response_format", "logit_bias", "chat_template_kwargs", "prompt_cache_key",
     "safety_identifier", "modalities", "ignore_eos", NULL};
 
+/* The checks every OpenAI endpoint starts with: a JSON object with known keys only, a
+ * string model, no unsupported semantics, then the stream and sampling fields into j.
+ * Returns 0, or non-zero with *status, msg and *param set. */
+static int oa_common(server *s, cJSON *req, const char *const *keys, srv_job *j, int *status,
+                     char *msg, size_t msg_len, const char **param) {
+    if (!cJSON_IsObject(req)) FAIL(400, "the request body must be a JSON object");
+    const char *bad = srv_unknown_key(req, keys);
+    if (bad) { *param = bad; FAIL(400, "unrecognized request argument supplied: %.60s", bad); }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(req, "model");
+    if (!cJSON_IsString(model)) { *param = "model"; FAIL(400, "'model' is required and must be a string"); }
+    if (unsupported(req, msg, msg_len, param)) goto fail;
+    if (common_stream(req, j, msg, msg_len, param)) goto fail;
+    if (srv_sampling(s, req, 0, &j->gp, msg, msg_len, param)) goto fail;
+    return 0;
+fail:
+    return 1;
+}
+
 srv_job *srv_openai_chat(server *s, cJSON *req, int *status, char *msg, size_t msg_len,
                          const char **param) {
     srv_pool pl = {0};
@@ -417,14 +435,7 @@ srv_job *srv_openai_chat(server *s, cJSON *req, int *status, char *msg, size_t m
     *status = 400;
     srv_job *j = srv_job_new(s, API_CHAT);
     if (!j) FAIL(500, "out of memory");
-    if (!cJSON_IsObject(req)) FAIL(400, "the request body must be a JSON object");
-    const char *bad = srv_unknown_key(req, CHAT_KEYS);
-    if (bad) { *param = bad; FAIL(400, "unrecognized request argument supplied: %.60s", bad); }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(req, "model");
-    if (!cJSON_IsString(model)) { *param = "model"; FAIL(400, "'model' is required and must be a string"); }
-    if (unsupported(req, msg, msg_len, param)) goto fail;
-    if (common_stream(req, j, msg, msg_len, param)) goto fail;
-    if (srv_sampling(s, req, 0, &j->gp, msg, msg_len, param)) goto fail;
+    if (oa_common(s, req, CHAT_KEYS, j, status, msg, msg_len, param)) goto fail;
     if (max_tokens_field(req, "max_tokens", j, msg, msg_len, param)) goto fail;
     if (max_tokens_field(req, "max_completion_tokens", j, msg, msg_len, param)) goto fail;
     if (srv_stops(j, cJSON_GetObjectItemCaseSensitive(req, "stop"), msg, msg_len)) { *param = "stop"; goto fail; }
@@ -488,14 +499,7 @@ srv_job *srv_openai_completion(server *s, cJSON *req, int *status, char *msg, si
     *status = 400;
     srv_job *j = srv_job_new(s, API_COMPLETION);
     if (!j) FAIL(500, "out of memory");
-    if (!cJSON_IsObject(req)) FAIL(400, "the request body must be a JSON object");
-    const char *bad = srv_unknown_key(req, COMPLETION_KEYS);
-    if (bad) { *param = bad; FAIL(400, "unrecognized request argument supplied: %.60s", bad); }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(req, "model");
-    if (!cJSON_IsString(model)) { *param = "model"; FAIL(400, "'model' is required and must be a string"); }
-    if (unsupported(req, msg, msg_len, param)) goto fail;
-    if (common_stream(req, j, msg, msg_len, param)) goto fail;
-    if (srv_sampling(s, req, 0, &j->gp, msg, msg_len, param)) goto fail;
+    if (oa_common(s, req, COMPLETION_KEYS, j, status, msg, msg_len, param)) goto fail;
     j->gp.max_tokens = 16; /* the API's documented default */
     if (max_tokens_field(req, "max_tokens", j, msg, msg_len, param)) goto fail;
     if (srv_stops(j, cJSON_GetObjectItemCaseSensitive(req, "stop"), msg, msg_len)) { *param = "stop"; goto fail; }
