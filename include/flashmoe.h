@@ -165,6 +165,29 @@ void fm_session_free(fm_session *s);
 /* Forgets the context (KV cache and recurrent state). */
 void fm_session_reset(fm_session *s);
 
+/* Prefill progress callback. A call that prefills prompt tokens runs them in chunks of at
+ * most 256 tokens and calls fn before each chunk and once at the end: done = tokens of this
+ * prefill processed so far (0, 256, ..., then total), total = tokens it prefills (the prefix
+ * reused from the session's cache counts in neither). Chunking does not change the logits.
+ * Returning non-zero cancels the call: it returns FM_ERR_CANCELLED, and the session keeps
+ * exactly the whole chunks processed (fm_session_tokens lists them), so a later prompt that
+ * starts with them reuses them. */
+typedef int (*fm_progress_fn)(int64_t done, int64_t total, void *user);
+
+/* Sets (fn non-NULL) or clears the session's prefill progress callback, used by every later
+ * call that prefills: fm_session_set_tokens, fm_session_append_tokens, fm_session_generate,
+ * fm_session_chat, fm_generate. */
+void fm_session_set_progress(fm_session *s, fm_progress_fn fn, void *user);
+
+/* Asks the call running on s to stop: before its next prefill chunk or generated token it
+ * returns FM_ERR_CANCELLED, leaving the session as a cancelling progress callback (prefill)
+ * or stream callback (generation) would. The only session function that may be called from
+ * another thread while a call runs. The request lasts until the current turn ends: it is
+ * cleared when fm_session_set_tokens or fm_session_append_tokens starts, or when
+ * fm_session_generate starts other than right after one of them, so a cancel made after a
+ * turn ended does not cancel the next turn. */
+void fm_session_cancel(fm_session *s);
+
 /* Sets the session's full token context to ids[0..n): the longest common prefix with what
  * the session holds is kept, only the rest is prefilled. FM_ERR_CONTEXT_FULL if n > n_ctx. */
 fm_status fm_session_set_tokens(fm_session *s, const int32_t *ids, size_t n);

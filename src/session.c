@@ -7,15 +7,23 @@
  * sampled token is processed lazily by the next call, which never needs its logits if the
  * next prompt diverges there). logits, when logits_ok, follow toks[pos - 1].
  * Context policy: a prompt longer than n_ctx fails with FM_ERR_CONTEXT_FULL (nothing is
- * dropped silently); generation that fills the context ends with FM_FINISH_LENGTH. */
+ * dropped silently); generation that fills the context ends with FM_FINISH_LENGTH.
+ * Cancellation: prefill runs in chunks of FM__PREFILL_CHUNK tokens (a multiple of the
+ * forward pass's own batch, so the forward pass sees the same batches and the logits are
+ * those of one call); before each chunk and each generated token the progress callback's
+ * answer and the cross-thread cancel flag are checked. A chunk is all or nothing
+ * (fm__forward rolls a failed one back), so a cancelled prefill leaves the state at a chunk
+ * boundary and toks cut to it. */
 #include "session.h"
 #include "model.h"
 #include "tokenizer.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define FM__MAX_SNAPS 32
+#define FM__PREFILL_CHUNK 256 /* tokens per prefill chunk: a cancellation point */
 
 struct fm_session {
     fm_model *m;
@@ -38,6 +46,11 @@ struct fm_session {
     int finish;
     int call_open;             /* a prefill began a call that generate continues */
     double prefill_s;
+    int64_t prefilled;         /* tokens prefilled by the current call */
+    int32_t chunk;             /* tokens per prefill chunk (FM__PREFILL_CHUNK; tests vary it) */
+    fm_progress_fn progress;   /* prefill progress / cancel callback, or NULL */
+    void *progress_user;
+    atomic_int cancel;         /* fm_session_cancel, from any thread */
     char *text;                /* generated text of the last call */
     size_t text_len, text_cap;
 };
@@ -47,8 +60,12 @@ struct fm_session {
 static void begin_call(fm_session *s) {
     memset(&s->stats, 0, sizeof s->stats);
     s->prefill_s = 0;
+    s->prefilled = 0;
     s->call_open = 0;
+    atomic_store(&s->cancel, 0);
 }
+
+static int cancel_requested(fm_session *s) { return atomic_load_explicit(&s->cancel, memory_order_relaxed); }
 
 static void fill_memory(const fm_session *s, fm_stats *o) {
     fm__ecache *c = fm__model_cache(s->m);
@@ -134,7 +151,10 @@ static fm_status rewind_to(fm_session *s, int32_t target, int32_t *pos_out) {
     return FM_OK;
 }
 
-/* Processes toks[pos..n_toks) so that logits follow the last held token. */
+/* Processes toks[pos..n_toks) so that logits follow the last held token, in chunks of
+ * s->chunk tokens; only the last chunk computes logits. Before each chunk (and once at the
+ * end) the progress callback runs; it or fm_session_cancel stops the prefill before the
+ * next chunk with FM_ERR_CANCELLED. On any failure toks is cut to what the state holds. */
 static fm_status sync_state(fm_session *s) {
     int32_t pos = fm__state_pos(s->st);
     if ((size_t)pos == s->n_toks && s->logits_ok) return FM_OK;
@@ -143,24 +163,49 @@ static fm_status sync_state(fm_session *s) {
         fm_status st = rewind_to(s, pos - 1, &pos);
         if (st != FM_OK) return st;
     }
+    int64_t total = (int64_t)s->n_toks - pos, done = 0;
+    int32_t chunk = s->chunk > 0 ? s->chunk : FM__PREFILL_CHUNK;
+    fm_status st = FM_OK;
     double t0 = fm__now();
-    fm_status st = fm__forward(s->m, s->st, s->toks + pos, (int32_t)(s->n_toks - (size_t)pos),
-                               s->logits, 0);
+    for (;;) {
+        if (s->progress && s->progress(done, total, s->progress_user)) st = FM_ERR_CANCELLED;
+        else if (done < total && cancel_requested(s)) st = FM_ERR_CANCELLED;
+        if (st != FM_OK || done == total) break;
+        int32_t T = (int32_t)FM_MIN((int64_t)chunk, total - done);
+        int last = done + T == total;
+        st = fm__forward(s->m, s->st, s->toks + pos + done, T, last ? s->logits : NULL, 0);
+        if (st != FM_OK) break;
+        done += T;
+        s->logits_ok = last;
+    }
     s->prefill_s += fm__now() - t0;
+    s->prefilled += done;
     if (st != FM_OK) {
         /* keep the invariant: hold only what the state has processed */
         s->n_toks = (size_t)fm__state_pos(s->st);
-        s->logits_ok = 0;
+        if (st == FM_ERR_CANCELLED)
+            return fm__err(st, "prefill cancelled after %lld of %lld tokens", (long long)done,
+                           (long long)total);
         return st;
     }
-    s->logits_ok = 1;
     return FM_OK;
 }
 
 /* Records the prefill rate of the tokens processed since begin_call. */
 static void note_prefill(fm_session *s) {
-    int64_t n = s->stats.prompt_tokens - s->stats.reused_tokens;
+    int64_t n = s->prefilled;
     s->stats.prefill_tok_s = s->prefill_s > 0 && n > 0 ? (double)n / s->prefill_s : 0;
+}
+
+/* Ends a prefill that failed with st: a cancelled one keeps its chunks (snapshotted for
+ * recurrent state, as at a turn boundary). Returns st. */
+static fm_status prefill_failed(fm_session *s, fm_status st) {
+    note_prefill(s);
+    if (st == FM_ERR_CANCELLED) {
+        s->finish = FM_FINISH_CANCEL;
+        snapshot(s);
+    }
+    return st;
 }
 
 static fm_status check_ids(const fm_session *s, const int32_t *ids, size_t n) {
@@ -186,6 +231,8 @@ fm_status fm_session_new(fm_model *m, fm_session **out) {
     s->tok = fm__model_tokenizer(m);
     s->n_vocab = fm__model_vocab(m);
     s->n_ctx = info.n_ctx > 0 ? info.n_ctx : 4096;
+    s->chunk = FM__PREFILL_CHUNK;
+    atomic_init(&s->cancel, 0);
     st = fm__state_new(m, s->n_ctx, &s->st);
     if (st != FM_OK) goto fail;
     st = fm__sampler_init(&s->smp, s->n_vocab);
@@ -224,6 +271,19 @@ void fm_session_free(fm_session *s) {
     free(s->text);
     free(s);
 }
+
+void fm_session_set_progress(fm_session *s, fm_progress_fn fn, void *user) {
+    if (!s) return;
+    s->progress = fn;
+    s->progress_user = user;
+}
+
+void fm_session_cancel(fm_session *s) {
+    if (s) atomic_store(&s->cancel, 1);
+}
+
+void fm__session_set_chunk(fm_session *s, int32_t n) { s->chunk = n > 0 ? n : FM__PREFILL_CHUNK; }
+int64_t fm__session_prefilled(const fm_session *s) { return s->prefilled; }
 
 void fm_session_reset(fm_session *s) {
     if (!s) return;
@@ -267,7 +327,7 @@ fm_status fm_session_set_tokens(fm_session *s, const int32_t *ids, size_t n) {
     s->stats.reused_tokens = pos;
     s->logits_ok = 0;
     st = sync_state(s);
-    if (st != FM_OK) return st;
+    if (st != FM_OK) return prefill_failed(s, st);
     note_prefill(s);
     snapshot(s);
     s->call_open = 1;
@@ -289,7 +349,7 @@ fm_status fm_session_append_tokens(fm_session *s, const int32_t *ids, size_t n) 
     s->stats.prompt_tokens = (int64_t)s->n_toks;
     if (n) s->logits_ok = 0;
     st = sync_state(s);
-    if (st != FM_OK) return st;
+    if (st != FM_OK) return prefill_failed(s, st);
     note_prefill(s);
     snapshot(s);
     s->call_open = 1;
@@ -379,7 +439,10 @@ fm_status fm_session_generate(fm_session *s, const fm_gen_params *gp, fm_stream_
     double t_gen = fm__now();
     double prefill_before = s->prefill_s;
     fm_status st = sync_state(s);
-    if (st != FM_OK) return st;
+    if (st != FM_OK) {
+        fill_memory(s, &s->stats);
+        return prefill_failed(s, st);
+    }
     note_prefill(s);
     double pre_ms = prefill_before * 1e3; /* prefill done by set/append_tokens */
 
@@ -401,6 +464,7 @@ fm_status fm_session_generate(fm_session *s, const fm_gen_params *gp, fm_stream_
     for (;;) {
         if (gp->max_tokens > 0 && s->n_gen >= (size_t)gp->max_tokens) { finish = FM_FINISH_LENGTH; break; }
         if (s->n_toks >= (size_t)s->n_ctx) { finish = FM_FINISH_LENGTH; break; }
+        if (cancel_requested(s)) { cancelled = 1; break; }
         if (s->n_gen > 0) { /* process the previous token */
             st = fm__forward(s->m, s->st, s->toks + s->n_toks - 1, 1, s->logits, 0);
             if (st != FM_OK) {
@@ -455,8 +519,7 @@ fm_status fm_session_generate(fm_session *s, const fm_gen_params *gp, fm_stream_
     snapshot(s);
     if (cancelled) {
         s->finish = FM_FINISH_CANCEL;
-        return fm__err(FM_ERR_CANCELLED, "generation cancelled by the callback after %zu tokens",
-                       s->n_gen);
+        return fm__err(FM_ERR_CANCELLED, "generation cancelled after %zu tokens", s->n_gen);
     }
     s->finish = finish;
     if (text) {

@@ -29,6 +29,13 @@ int32_t fm__session_pos(const fm_session *s);
 fm_status fm__session_chat_tokens(fm_session *s, const char *p, size_t plen, int32_t **ids,
                                   size_t *n_ids);
 
+/* Tests: tokens per prefill chunk (n <= 0 restores the default, 256). */
+void fm__session_set_chunk(fm_session *s, int32_t n);
+
+/* Tokens the current (or last) call prefilled: whole chunks, so fewer than asked for when
+ * it was cancelled. */
+int64_t fm__session_prefilled(const fm_session *s);
+
 /* Tests: makes the session treat its state like recurrent state (truncation only to 0 or
  * to a snapshot position), to exercise the snapshot fallback on attention-only models. */
 void fm__session_emulate_recurrent(fm_session *s, int on);
