@@ -244,6 +244,43 @@ void fm_session_stats(const fm_session *s, fm_stats *out);
 /* Why the last generation ended (FM_FINISH_*). */
 int fm_session_finish_reason(const fm_session *s);
 
+/* ---- generation defaults of a model ------------------------------------------------ */
+
+/* Bits of fm_gen_defaults.from_file: the fields of params that the file set. */
+enum {
+    FM_GENCFG_TEMPERATURE = 1u << 0,    /* temperature, or 0 (greedy) because do_sample is not true */
+    FM_GENCFG_TOP_P = 1u << 1,
+    FM_GENCFG_TOP_K = 1u << 2,
+    FM_GENCFG_MIN_P = 1u << 3,
+    FM_GENCFG_REPEAT_PENALTY = 1u << 4, /* from repetition_penalty */
+    FM_GENCFG_MAX_TOKENS = 1u << 5,     /* from max_new_tokens */
+    FM_GENCFG_EOS = 1u << 6             /* eos_ids (informational: the model applies them) */
+};
+
+#define FM_GENCFG_MAX_EOS 16
+
+/* A model's generation defaults, as transformers derives them from generation_config.json:
+ * greedy (temperature 0) unless do_sample is true; with do_sample, transformers' defaults
+ * (temperature 1, top_k 50, top_p 1) where the file has no value. repetition_penalty and
+ * max_new_tokens apply either way. */
+typedef struct fm_gen_defaults {
+    fm_gen_params params;   /* fm_gen_params_default() with the file's values applied */
+    uint32_t from_file;     /* FM_GENCFG_* bits of the fields that came from the file */
+    int32_t found;          /* 1 = the file exists and was read; 0 = no file (params are
+                               fm_gen_params_default(), from_file is 0) */
+    int32_t do_sample;      /* -1 = absent, 0 = false, 1 = true */
+    int32_t n_eos;          /* eos_token_id (an int or a list), at most FM_GENCFG_MAX_EOS */
+    int32_t eos_ids[FM_GENCFG_MAX_EOS];
+} fm_gen_defaults;
+
+/* Reads model_dir/generation_config.json into *out. A missing file is not an error (found
+ * = 0). FM_ERR_FORMAT naming the file if it is not a JSON object, and naming the field if
+ * a known field has the wrong type or range (temperature >= 0, 0 <= top_p <= 1, top_k an
+ * integer >= 0, 0 <= min_p <= 1, repetition_penalty > 0, max_new_tokens an integer >= 0,
+ * eos_token_id an integer >= 0 or a list of them, do_sample a boolean; null = absent).
+ * Unknown fields are ignored. On error *out holds fm_gen_params_default() and found = 0. */
+fm_status fm_gen_defaults_load(const char *model_dir, fm_gen_defaults *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,6 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Generation parameters: explicit flags, then the model's generation_config.json, then
+ * the defaults already in *gp; verbose prints each value's source (tools/cmd_run.c). */
+bool gen_resolve_params(const char *dir, int argc, char **argv, const cli_opt *opts, int n_opts,
+                        fm_gen_params *gp, int verbose);
 
 /* ---- loading progress ------------------------------------------------------------- */
 
@@ -160,7 +164,9 @@ int cmd_chat(int argc, char **argv) {
     };
     const char *usage = "flash-moe chat [MODEL] [options]\n\n"
                         "  In the chat: /reset clears the conversation, /stats shows statistics,\n"
-                        "  /quit leaves (so does end of input). Ctrl-C stops an answer.";
+                        "  /quit leaves (so does end of input). Ctrl-C stops an answer.\n"
+                        "  Sampling options not given take the model's generation_config.json values\n"
+                        "  (as transformers reads it), else the defaults shown.";
     const char *pos[1];
     int n_pos = 0;
     int rc = cli_parse(argc, argv, 2, opts, (int)(sizeof opts / sizeof opts[0]), usage, pos, 1, &n_pos);
@@ -172,13 +178,6 @@ int cmd_chat(int argc, char **argv) {
     }
     const char *dir = cli_model_or_demo(n_pos ? pos[0] : NULL);
     if (!dir) return 1;
-    fm_model *m = gen_open_model_progress(dir, &mo);
-    if (!m) return 1;
-    fm_session *s = NULL;
-    if (fm_session_new(m, &s) != FM_OK) {
-        fm_model_free(m);
-        return cli_fail("cannot create a session");
-    }
     fm_gen_params gp;
     fm_gen_params_default(&gp);
     gp.max_tokens = max_tokens;
@@ -188,6 +187,16 @@ int cmd_chat(int argc, char **argv) {
     gp.min_p = min_p;
     gp.repeat_penalty = rep;
     gp.seed = (uint64_t)(uint32_t)seed;
+    if (!gen_resolve_params(dir, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), &gp,
+                            mo.stats))
+        return 1;
+    fm_model *m = gen_open_model_progress(dir, &mo);
+    if (!m) return 1;
+    fm_session *s = NULL;
+    if (fm_session_new(m, &s) != FM_OK) {
+        fm_model_free(m);
+        return cli_fail("cannot create a session");
+    }
 
     int tty = isatty(0);
     if (tty) fprintf(stderr, "flash-moe chat: /reset, /stats, /quit. Ctrl-C stops an answer.\n");

@@ -5,7 +5,11 @@
 #include "cli.h"
 #include "model.h"
 #include "sampler.h"
+#include "genconfig.h"
 
+#include <math.h>
+
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +89,65 @@ void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t le
     }
 }
 
+/* The sampling options whose values can come from generation_config.json. */
+static const struct { const char *name; uint32_t bit; } GEN_OPTS[] = {
+    {"--temp", FM_GENCFG_TEMPERATURE}, {"--top-p", FM_GENCFG_TOP_P},
+    {"--top-k", FM_GENCFG_TOP_K}, {"--min-p", FM_GENCFG_MIN_P},
+    {"--repeat-penalty", FM_GENCFG_REPEAT_PENALTY}, {"--max-tokens", FM_GENCFG_MAX_TOKENS},
+};
+
+/* FM_GENCFG_* bits of the sampling options argv sets explicitly: argv (already parsed
+ * successfully with opts) is parsed again with every destination redirected to scratch
+ * holding a value no flag can produce. */
+static uint32_t gen_given(int argc, char **argv, const cli_opt *opts, int n_opts) {
+    typedef union { int flag; int32_t i; float f; int64_t z; const char *s; cli_list l; } scratch;
+    cli_opt *o = calloc((size_t)n_opts, sizeof *o);
+    scratch *v = calloc((size_t)n_opts, sizeof *v);
+    const char **pos = calloc((size_t)argc + 1, sizeof *pos);
+    uint32_t given = 0;
+    if (o && v && pos) {
+        for (int i = 0; i < n_opts; i++) {
+            o[i] = opts[i];
+            o[i].dst = &v[i];
+            if (o[i].kind == CLI_FLOAT) v[i].f = NAN;
+            else if (o[i].kind == CLI_INT) v[i].i = INT32_MIN;
+        }
+        int n_pos = 0;
+        if (cli_parse(argc, argv, 2, o, n_opts, "", pos, argc, &n_pos) == 0) {
+            for (int i = 0; i < n_opts; i++)
+                for (size_t k = 0; k < sizeof GEN_OPTS / sizeof GEN_OPTS[0]; k++) {
+                    if (strcmp(o[i].name, GEN_OPTS[k].name) != 0) continue;
+                    if ((o[i].kind == CLI_FLOAT && !isnan(v[i].f)) ||
+                        (o[i].kind == CLI_INT && v[i].i != INT32_MIN))
+                        given |= GEN_OPTS[k].bit;
+                }
+        }
+        for (int i = 0; i < n_opts; i++)
+            if (o[i].kind == CLI_LIST) free(v[i].l.items);
+    }
+    free(o);
+    free(v);
+    free(pos);
+    return given;
+}
+
+bool gen_resolve_params(const char *dir, int argc, char **argv, const cli_opt *opts, int n_opts,
+                        fm_gen_params *gp, int verbose) {
+    fm_gen_defaults d;
+    if (fm_gen_defaults_load(dir, &d) != FM_OK) {
+        cli_fail("cannot read the generation defaults");
+        return false;
+    }
+    uint32_t given = gen_given(argc, argv, opts, n_opts);
+    fm__gen_apply(gp, &d, given);
+    if (verbose) {
+        char line[640];
+        fm__gen_describe(gp, &d, given, line, sizeof line);
+        fprintf(stderr, "flash-moe: sampling: %s\n", line);
+    }
+    return true;
+}
+
 int cmd_run(int argc, char **argv) {
     const char *prompt = NULL, *system = NULL;
     int32_t max_tokens = 256, top_k = 0, seed = 0;
@@ -113,7 +176,9 @@ int cmd_run(int argc, char **argv) {
         {"--rep-at", NULL, CLI_STR, &rep_at_s, "print repetition metrics to stderr at these token counts, e.g. 250,500,1000"},
         CLI_MODEL_OPTS(&mo),
     };
-    const char *usage = "flash-moe run [MODEL] -p PROMPT [options]";
+    const char *usage = "flash-moe run [MODEL] -p PROMPT [options]\n\n"
+                        "  Sampling options not given take the model's generation_config.json values\n"
+                        "  (as transformers reads it), else the defaults shown.";
     const char *pos[1];
     int n_pos = 0;
     int rc = cli_parse(argc, argv, 2, opts, (int)(sizeof opts / sizeof opts[0]), usage, pos, 1, &n_pos);
@@ -152,17 +217,6 @@ int cmd_run(int argc, char **argv) {
         free(stops.items);
         return 1;
     }
-    fm_model *m = gen_open_model_progress(dir, &mo);
-    if (!m) {
-        free(stops.items);
-        return 1;
-    }
-    fm_session *s = NULL;
-    if (fm_session_new(m, &s) != FM_OK) {
-        fm_model_free(m);
-        free(stops.items);
-        return cli_fail("cannot create a session");
-    }
     fm_gen_params gp;
     fm_gen_params_default(&gp);
     gp.max_tokens = max_tokens;
@@ -177,7 +231,22 @@ int cmd_run(int argc, char **argv) {
     gp.stop = stops.items;
     gp.n_stop = stops.n;
     gp.ignore_eos = ignore_eos;
-
+    if (!gen_resolve_params(dir, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), &gp,
+                            mo.stats)) {
+        free(stops.items);
+        return 1;
+    }
+    fm_model *m = gen_open_model_progress(dir, &mo);
+    if (!m) {
+        free(stops.items);
+        return 1;
+    }
+    fm_session *s = NULL;
+    if (fm_session_new(m, &s) != FM_OK) {
+        fm_model_free(m);
+        free(stops.items);
+        return cli_fail("cannot create a session");
+    }
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;

@@ -2,6 +2,7 @@
  * Anthropic-compatible HTTP server (server_*.c). */
 #include "cli.h"
 #include "server.h"
+#include "genconfig.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,36 +15,21 @@ static const char *USAGE =
     "/v1/messages/count_tokens and GET /v1/models, /health. Without MODEL it serves the\n"
     "bundled demo model. One generation runs at a time; others wait in a FIFO queue.";
 
-/* Sampling defaults as transformers derives them from dir/generation_config.json:
- * greedy unless do_sample is true, then temperature/top_p/top_k/min_p/
- * repetition_penalty from the file, transformers' defaults (1.0, 1.0, 50, none, 1.0) where
- * absent. A missing or unreadable file leaves greedy decoding. */
-static void generation_defaults(const char *dir, fm_gen_params *gp) {
-    fm_gen_params_default(gp);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f) return;
-    char buf[65536];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    cJSON *g = cJSON_Parse(buf);
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(g, "do_sample"))) { cJSON_Delete(g); return; }
-    const cJSON *v;
-    gp->temperature = 1.0f;
-    gp->top_k = 50;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "temperature"))) gp->temperature = (float)v->valuedouble;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_p"))) gp->top_p = (float)v->valuedouble;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_k"))) gp->top_k = (int32_t)v->valuedouble;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "min_p"))) gp->min_p = (float)v->valuedouble;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "repetition_penalty"))) gp->repeat_penalty = (float)v->valuedouble;
-    if (gp->temperature < 0) gp->temperature = 0;
-    if (gp->top_k < 0) gp->top_k = 0;
-    cJSON_Delete(g);
-    fprintf(stderr, "flash-moe: sampling defaults from generation_config.json: temperature %g, top_p %g, "
-            "top_k %d, min_p %g, repetition_penalty %g\n", (double)gp->temperature, (double)gp->top_p,
-            gp->top_k, (double)gp->min_p, (double)gp->repeat_penalty);
+/* Sampling defaults: the model's generation_config.json as transformers reads it
+ * (fm_gen_defaults_load); request fields override them. Returns false (error printed) if
+ * the file is malformed. */
+static bool generation_defaults(const char *dir, fm_gen_params *gp) {
+    fm_gen_defaults d;
+    if (fm_gen_defaults_load(dir, &d) != FM_OK) {
+        cli_fail("cannot read the generation defaults");
+        return false;
+    }
+    *gp = d.params;
+    if (!d.found) return true;
+    char line[512];
+    fm__gen_describe(gp, &d, 0, line, sizeof line);
+    fprintf(stderr, "flash-moe: sampling defaults from generation_config.json: %s\n", line);
+    return true;
 }
 
 /* The model's name: the last component of its directory. */
@@ -106,7 +92,10 @@ int cmd_serve(int argc, char **argv) {
     if (!s) return 1;
     cfg.stats = mo.stats;
     s->cfg = cfg;
-    generation_defaults(dir, &s->defaults);
+    if (!generation_defaults(dir, &s->defaults)) {
+        free(s);
+        return 1;
+    }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     int ret = 1;
