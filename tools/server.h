@@ -67,6 +67,8 @@ typedef struct server {
     uint64_t clock;
     /* counters (under mu) */
     int64_t n_requests, n_generations, n_rejected, n_cancelled, reused_tokens;
+    int64_t prefill_tokens;     /* prompt tokens prefilled, all jobs (whole chunks) */
+    int64_t prefill_done, prefill_total; /* the running job's prefill progress, 0 when none */
     int32_t *forced_ids;        /* --force-completion tokens */
     size_t n_forced;
 } server;
@@ -109,6 +111,8 @@ struct srv_job {
     int finish;
     int stop_idx;               /* FIN_STOPSEQ: index of the matched stop sequence */
     int64_t prompt_tokens, completion_tokens, reused_tokens;
+    int64_t prefilled, prefill_total; /* tokens prefilled of those the prompt needed */
+    double last_progress;       /* --stats: when prefill progress was last printed */
     int err_status;
     char err_type[40];
     char err_msg[300];

@@ -167,6 +167,9 @@ static enum MHD_Result get_route(server *s, struct MHD_Connection *c, req_ctx *r
         cJSON_AddNumberToObject(o, "rejected", (double)s->n_rejected);
         cJSON_AddNumberToObject(o, "cancelled", (double)s->n_cancelled);
         cJSON_AddNumberToObject(o, "reused_tokens", (double)s->reused_tokens);
+        cJSON_AddNumberToObject(o, "prefill_tokens", (double)s->prefill_tokens);
+        cJSON_AddNumberToObject(o, "prefill_done", (double)s->prefill_done);
+        cJSON_AddNumberToObject(o, "prefill_total", (double)s->prefill_total);
         pthread_mutex_unlock(&s->mu);
     } else if (r->route == R_MODELS) {
         o = cJSON_CreateObject();

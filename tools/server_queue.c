@@ -1,7 +1,9 @@
 /* server_queue.c: the generation side of `flash-moe serve`. One worker thread takes jobs
  * from a bounded FIFO queue and runs them one at a time; each job is routed to the cached
  * session whose tokens share the longest prefix with its prompt, so a growing
- * conversation is not prefilled again. Also: byte buffers, UTF-8 checks and job lifetime. */
+ * conversation is not prefilled again. A job whose client left is cancelled between
+ * prefill chunks (256 tokens) and between tokens; the chunks it prefilled stay in its
+ * session for the next request. Also: byte buffers, UTF-8 checks and job lifetime. */
 #include "server.h"
 
 #include <errno.h>
@@ -254,6 +256,29 @@ static int on_piece(const char *piece, size_t len, const fm_stats *st, void *use
     return job_cancelled(j);
 }
 
+/* Prefill progress (fm_progress_fn): counts the tokens, publishes the progress for /health,
+ * prints it with --stats (at most once a second), and cancels a job whose client left. */
+static int on_prefill(int64_t done, int64_t total, void *user) {
+    srv_job *j = user;
+    server *s = j->srv;
+    pthread_mutex_lock(&s->mu);
+    s->prefill_tokens += done - j->prefilled;
+    j->prefilled = done;
+    j->prefill_total = total;
+    s->prefill_done = done;
+    s->prefill_total = total;
+    int c = j->cancel || s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    if (s->cfg.stats && done > 0 && done < total) {
+        double now = srv_now();
+        if (now - j->last_progress >= 1.0) {
+            j->last_progress = now;
+            fprintf(stderr, "flash-moe: prefill %lld of %lld tokens\n", (long long)done, (long long)total);
+        }
+    }
+    return c;
+}
+
 /* Picks the session for a prompt of n tokens. Let l be a session's common prefix with the
  * prompt and m the tokens it holds. The session with the longest l wins (a continuation,
  * l == m, on ties) when it is a continuation or l covers at least half the prompt. Otherwise
@@ -330,8 +355,11 @@ static void run_job(server *s, srv_job *j) {
         srv_emit_end(j);
         return;
     }
+    j->last_progress = srv_now();
+    fm_session_set_progress(se, on_prefill, j);
     fm_status st = fm_session_set_tokens(se, j->ids, j->n_ids);
-    if (st != FM_OK) {
+    fm_session_set_progress(se, NULL, NULL);
+    if (st != FM_OK && st != FM_ERR_CANCELLED) {
         if (st == FM_ERR_CONTEXT_FULL)
             srv_job_fail(j, 400, "invalid_request_error", "%s", fm_last_error());
         else
@@ -345,24 +373,30 @@ static void run_job(server *s, srv_job *j) {
     fm_session_stats(se, &stats);
     j->reused_tokens = stats.reused_tokens;
     srv_emit_start(j);
-    if (j->prefix) srv_pipe_feed(j, j->prefix, strlen(j->prefix));
     int fin = FM_FINISH_NONE;
-    if (s->forced_ids) {
-        st = run_forced(j, se);
-        fin = st == FM_OK ? (j->completion_tokens < (int64_t)s->n_forced ? FM_FINISH_LENGTH
-                                                                       : FM_FINISH_EOS)
-                          : FM_FINISH_CANCEL;
+    if (st == FM_ERR_CANCELLED) {
+        /* the client left (or the server stops) during prefill: nothing is generated, and
+         * the session keeps the chunks prefilled so far for a later request */
+        fin = FM_FINISH_CANCEL;
     } else {
-        st = fm_session_generate(se, &j->gp, on_piece, j, NULL);
-        fm_session_stats(se, &stats);
-        j->completion_tokens = stats.generated_tokens;
-        fin = fm_session_finish_reason(se);
-        if (s->cfg.stats)
-            fprintf(stderr, "flash-moe: TTFT %.1f ms, prefill %.1f tok/s, decode %.2f tok/s, expert cache "
-                    "hit rate %.1f%%, read %.3f GiB, io wait %.1f ms, RSS %.3f GiB, KV %.3f GiB\n",
-                    stats.ttft_ms, stats.prefill_tok_s, stats.decode_tok_s, stats.hit_rate * 100,
-                    (double)stats.bytes_read / 1073741824.0, stats.io_wait_ms,
-                    (double)stats.rss_bytes / 1073741824.0, (double)stats.kv_bytes / 1073741824.0);
+        if (j->prefix) srv_pipe_feed(j, j->prefix, strlen(j->prefix));
+        if (s->forced_ids) {
+            st = run_forced(j, se);
+            fin = st == FM_OK ? (j->completion_tokens < (int64_t)s->n_forced ? FM_FINISH_LENGTH
+                                                                           : FM_FINISH_EOS)
+                              : FM_FINISH_CANCEL;
+        } else {
+            st = fm_session_generate(se, &j->gp, on_piece, j, NULL);
+            fm_session_stats(se, &stats);
+            j->completion_tokens = stats.generated_tokens;
+            fin = fm_session_finish_reason(se);
+            if (s->cfg.stats)
+                fprintf(stderr, "flash-moe: TTFT %.1f ms, prefill %.1f tok/s, decode %.2f tok/s, expert cache "
+                        "hit rate %.1f%%, read %.3f GiB, io wait %.1f ms, RSS %.3f GiB, KV %.3f GiB\n",
+                        stats.ttft_ms, stats.prefill_tok_s, stats.decode_tok_s, stats.hit_rate * 100,
+                        (double)stats.bytes_read / 1073741824.0, stats.io_wait_ms,
+                        (double)stats.rss_bytes / 1073741824.0, (double)stats.kv_bytes / 1073741824.0);
+        }
     }
     pthread_mutex_lock(&s->mu);
     int shutdown = st == FM_ERR_CANCELLED && !j->stop_hit && !j->cancel && s->stopping;
@@ -389,9 +423,13 @@ static void log_job(const srv_job *j, double secs) {
     static const char *const api[] = {"chat", "completion", "messages"};
     static const char *const fin[] = {"none", "stop", "stop sequence", "length", "tool calls",
                                       "cancelled", "error"};
-    fprintf(stderr, "flash-moe: %s%s: prompt %lld tokens (%lld reused), %lld generated, %s, "
+    char pre[96] = "";
+    if (j->prefilled < j->prefill_total)
+        snprintf(pre, sizeof pre, ", prefill stopped after %lld of %lld tokens",
+                 (long long)j->prefilled, (long long)j->prefill_total);
+    fprintf(stderr, "flash-moe: %s%s: prompt %lld tokens (%lld reused), %lld generated, %s%s, "
             "%.2f s%s%s\n", api[j->api], j->stream ? " stream" : "", (long long)j->prompt_tokens,
-            (long long)j->reused_tokens, (long long)j->completion_tokens, fin[j->finish], secs,
+            (long long)j->reused_tokens, (long long)j->completion_tokens, fin[j->finish], pre, secs,
             j->finish == FIN_ERROR ? ": " : "", j->finish == FIN_ERROR ? j->err_msg : "");
 }
 
@@ -417,6 +455,7 @@ static void *worker_main(void *arg) {
         log_job(j, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
         pthread_mutex_lock(&s->mu);
         s->reused_tokens += j->reused_tokens;
+        s->prefill_done = s->prefill_total = 0;
         j->state = JOB_DONE;
         s->busy = 0;
         pthread_cond_broadcast(&j->cv);
