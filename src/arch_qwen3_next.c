@@ -9,12 +9,17 @@
  *   q, k L2-normalised per head (eps 1e-6), q scaled by 1/sqrt(dk), repeated to the value
  *   heads; beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias);
  *   per value head: S *= exp(g); delta = (v - S^T k) * beta; S += k delta^T; o = S^T q
- *   (the recurrent form, torch_recurrent_gated_delta_rule, used here for prefill too);
+ *   (torch_recurrent_gated_delta_rule); decode (one token) runs this recurrent form,
+ *   prefill the chunked form of torch_chunk_gated_delta_rule (backend/cpu/deltanet.c,
+ *   chunks of FM_GDR_CHUNK tokens) from the session's state, which it leaves after the
+ *   last token, so decode and a later prefill continue from it; the two forms agree to
+ *   float rounding, not bitwise;
  *   o = RMSNorm(o) * w * silu(z) (Qwen3NextRMSNormGated); out_proj.
  * MLX conversions (mlx_lm/models/qwen3_next.py sanitize) store the conv weight as [C, K, 1]
  * instead of [C, 1, K] (the same bytes) and the norm weights as 1 + w (see model.c). */
 #include "arch.h"
 #include "backend/ops.h"
+#include "backend/cpu/deltanet.h"
 #include "config.h"
 #include "loader.h"
 
@@ -58,10 +63,15 @@ static size_t state_floats(const fm__config *c) {
     return (size_t)(d.K - 1) * (size_t)d.C + (size_t)d.nv * (size_t)d.dk * (size_t)d.dv;
 }
 
+/* floats of one value head's work area: g and beta of up to B tokens, the chunked form's */
+static size_t head_work(dims d, int32_t B) {
+    return 2u * (size_t)B + fm__gdr_work_floats(d.dk, d.dv);
+}
+
 static size_t scratch_floats(const fm__config *c, int32_t B) {
     dims d = dims_of(c);
     return (size_t)B * ((size_t)d.P + 2u * (size_t)d.nv + 2u * (size_t)d.C + 2u * (size_t)d.vd) +
-           (size_t)d.nv * (size_t)d.dv;
+           (size_t)d.nv * head_work(d, B);
 }
 
 static void free_weights(void *w) { free(w); }
@@ -109,68 +119,35 @@ typedef struct head_ctx {
     const float *b, *a;  /* [T, nv] */
     float *rec;          /* [nv][dk][dv] recurrent state */
     float *o;            /* [T, vd] */
-    float *tmp;          /* [nv][dv] */
+    float *work;         /* [nv][work_floats]: per-head work areas (head_work) */
+    size_t work_floats;
 } head_ctx;
 
-/* One token of one head: S *= decay; delta = (v - S^T k) * beta; S += k delta^T;
- * o = S^T q. S: [dk][dv]. Written in blocks of 8 columns so that compilers vectorize it. */
-static void step(float *restrict S, const float *restrict k, const float *restrict q,
-                 const float *restrict v, float beta, float decay, int32_t dk, int32_t dv,
-                 float *restrict delta, float *restrict o) {
-    int32_t j0 = 0;
-    for (; j0 + 8 <= dv; j0 += 8) {
-        float acc[8] = {0}, out[8] = {0};
-        for (int32_t i = 0; i < dk; i++) {
-            float *Si = S + (size_t)i * dv + j0;
-            for (int u = 0; u < 8; u++) {
-                Si[u] *= decay;
-                acc[u] += Si[u] * k[i];
-            }
-        }
-        for (int u = 0; u < 8; u++) delta[j0 + u] = (v[j0 + u] - acc[u]) * beta;
-        for (int32_t i = 0; i < dk; i++) {
-            float *Si = S + (size_t)i * dv + j0;
-            for (int u = 0; u < 8; u++) {
-                Si[u] += k[i] * delta[j0 + u];
-                out[u] += Si[u] * q[i];
-            }
-        }
-        for (int u = 0; u < 8; u++) o[j0 + u] = out[u];
-    }
-    for (int32_t j = j0; j < dv; j++) { /* leftover columns */
-        float acc = 0, out = 0;
-        for (int32_t i = 0; i < dk; i++) {
-            S[(size_t)i * dv + j] *= decay;
-            acc += S[(size_t)i * dv + j] * k[i];
-        }
-        delta[j] = (v[j] - acc) * beta;
-        for (int32_t i = 0; i < dk; i++) {
-            S[(size_t)i * dv + j] += k[i] * delta[j];
-            out += S[(size_t)i * dv + j] * q[i];
-        }
-        o[j] = out;
-    }
-}
-
-/* All T tokens of one value head h through the gated delta rule and the gated norm. */
+/* All T tokens of one value head h through the gated delta rule (one token: the recurrent
+ * step; more: the chunked form) and the gated norm. */
 static void head_task(int64_t hh, void *vctx) {
     const head_ctx *x = vctx;
     const dims d = x->d;
-    int32_t h = (int32_t)hh, kh = h / d.r;
-    float *S = x->rec + (size_t)h * d.dk * d.dv, *delta = x->tmp + (size_t)h * d.dv;
-    for (int32_t t = 0; t < x->T; t++) {
-        const float *row = x->conv + (size_t)t * d.C;
-        const float *q = row + (size_t)kh * d.dk, *k = row + d.kd + (size_t)kh * d.dk;
-        const float *v = row + 2 * d.kd + (size_t)h * d.dv;
-        float beta = fm__sigmoid(x->b[(size_t)t * d.nv + h]);
-        float g = x->w->a_neg[h] * softplus(x->a[(size_t)t * d.nv + h] + x->w->dt_bias[h]);
-        float decay = expf(g);
-        float *o = x->o + (size_t)t * d.vd + (size_t)h * d.dv;
-        step(S, k, q, v, beta, decay, d.dk, d.dv, delta, o);
-        /* gated RMSNorm: rmsnorm(o) * w * silu(z) */
-        fm__rmsnorm(o, o, x->w->norm, d.dv, x->eps);
+    int32_t h = (int32_t)hh, kh = h / d.r, T = x->T;
+    float *S = x->rec + (size_t)h * d.dk * d.dv, *g = x->work + (size_t)h * x->work_floats;
+    float *beta = g + T, *work = beta + T;
+    for (int32_t t = 0; t < T; t++) {
+        beta[t] = fm__sigmoid(x->b[(size_t)t * d.nv + h]);
+        g[t] = x->w->a_neg[h] * softplus(x->a[(size_t)t * d.nv + h] + x->w->dt_bias[h]);
+    }
+    const float *q = x->conv + (size_t)kh * d.dk, *k = x->conv + d.kd + (size_t)kh * d.dk;
+    const float *v = x->conv + 2 * d.kd + (size_t)h * d.dv;
+    float *o = x->o + (size_t)h * d.dv;
+    if (T == 1)
+        fm__gdr_step(S, k, q, v, beta[0], expf(g[0]), d.dk, d.dv, work, o);
+    else
+        fm__gdr_chunked(S, d.dk, d.dv, T, q, d.C, k, d.C, v, d.C, g, beta, o, d.vd, work);
+    /* gated RMSNorm: rmsnorm(o) * w * silu(z) */
+    for (int32_t t = 0; t < T; t++) {
+        float *ot = o + (size_t)t * d.vd;
         const float *z = x->z + (size_t)t * d.vd + (size_t)h * d.dv;
-        for (int32_t j = 0; j < d.dv; j++) o[j] *= z[j] / (1.0f + expf(-z[j]));
+        fm__rmsnorm(ot, ot, x->w->norm, d.dv, x->eps);
+        for (int32_t j = 0; j < d.dv; j++) ot[j] *= z[j] / (1.0f + expf(-z[j]));
     }
 }
 
@@ -237,7 +214,7 @@ static void forward(const void *vw, const fm__config *c, fm__pool *pool, const f
         }
     }
     /* 5. gated delta rule + gated norm, one task per value head */
-    head_ctx hc = {w, d, T, c->rms_eps, conv, z, b, a, rec, o, tmp};
+    head_ctx hc = {w, d, T, c->rms_eps, conv, z, b, a, rec, o, tmp, head_work(d, T)};
     fm__pool_run(pool, d.nv, head_task, &hc);
     /* 6. output projection */
     fm__matmul(pool, &w->out, o, d.vd, T, out, H);
