@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+int cmd_cache(int argc, char **argv); /* tools/cmd_cache.c */
+
 typedef struct { const char *name; int (*fn)(int, char **); const char *help; } command;
 
 static const command commands[] = {
@@ -14,6 +16,7 @@ static const command commands[] = {
     {"info", cmd_info, "print architecture, sizes and the memory plan"},
     {"profile", cmd_profile, "record which experts prompts activate"},
     {"pack", cmd_pack, "write the packed expert store"},
+    {"cache", cmd_cache, "list the packed expert stores, or clean stale ones"},
     {"bench", cmd_bench, "measure kernels, bandwidth and decode speed"},
     {"synth", cmd_synth, "write a random-weight model of a chosen shape"},
     {"tokenize", cmd_tokenize, "print token ids of a text as JSON"},
