@@ -186,6 +186,10 @@ class Cache:
     pass
 
 
+class StaticCache(Cache):
+    """Only used in isinstance() checks: never instantiated here."""
+
+
 class DynamicCache(Cache):
     """Container of per-layer caches. DynamicCache() grows attention layers on demand;
     DynamicCache(config=...) lays out linear-attention layers from config.layer_types."""
@@ -245,6 +249,13 @@ def create_causal_mask(config=None, inputs_embeds=None, attention_mask=None, cac
     return m[None, None].expand(b, 1, q, kv)
 
 
+def create_sliding_window_causal_mask(config=None, **kwargs):
+    """Only reached for configs without sliding layers (the mask is built but unused)."""
+    if getattr(config, "sliding_window", None) is not None:
+        raise NotImplementedError("sliding-window attention is not supported here")
+    return None
+
+
 def extract_rope_scaling_dict_from_config(config, layer_type=None, **kwargs):
     rs = getattr(config, "rope_scaling", None) or {}
     d = {"rope_type": rs.get("rope_type", rs.get("type", "default")), "rope_theta": config.rope_theta}
@@ -257,6 +268,29 @@ def _maybe_autocast(device_type="cpu", enabled=True, **kwargs):
 
 
 STUB_NAMES = []  # names of the stand-in modules, for the report
+ROPE_UTILS_USED = [False]  # set when the model built last called it
+ROPE_INIT_FUNCTIONS = {}  # filled from transformers' modeling_rope_utils.py (--rope-utils), when a file needs it
+
+
+def load_rope_utils(path):
+    """ROPE_INIT_FUNCTIONS["default"] = transformers' _compute_default_rope_parameters, taken from
+    its modeling_rope_utils.py (whole file or an excerpt holding the function) and exec'd as is."""
+    import ast
+    from typing import Dict, Optional, Tuple  # noqa: F401  (names its annotations use)
+    with open(path, encoding="utf-8") as f:
+        src = f.read()
+    tree = ast.parse(src)
+    fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_compute_default_rope_parameters"]
+    assert fn, "no _compute_default_rope_parameters in " + path
+    ns = {"torch": torch, "math": math, "Optional": Optional, "Tuple": Tuple, "Dict": Dict,
+          "PretrainedConfig": StubConfig, "PreTrainedConfig": StubConfig}
+    exec(compile(ast.Module(body=fn, type_ignores=[]), path, "exec"), ns)
+    fn_default = ns["_compute_default_rope_parameters"]
+
+    def default(*a, **k):
+        ROPE_UTILS_USED[0] = True
+        return fn_default(*a, **k)
+    ROPE_INIT_FUNCTIONS["default"] = default
 
 
 def _module(name, **attrs):
@@ -279,22 +313,23 @@ def install_stubs():
     _module(T + ".models")
     _module(T + ".initialization")
     _module(T + ".activations", ACT2FN={"silu": nn.SiLU(), "swish": nn.SiLU()})
-    _module(T + ".cache_utils", Cache=Cache, DynamicCache=DynamicCache)
+    _module(T + ".cache_utils", Cache=Cache, DynamicCache=DynamicCache, StaticCache=StaticCache)
+    _module(T + ".modeling_attn_mask_utils", AttentionMaskConverter=type("AttentionMaskConverter", (), {}))
     _module(T + ".generation", GenerationMixin=type("GenerationMixin", (), {}))
     _module(T + ".integrations", use_experts_implementation=_identity_decorator,
             use_kernelized_func=_factory_decorator, use_kernel_forward_from_hub=_factory_decorator,
             use_kernel_func_from_hub=_factory_decorator)
     _module(T + ".masking_utils", create_causal_mask=create_causal_mask,
-            create_sliding_window_causal_mask=lambda *a, **k: (_ for _ in ()).throw(
-                NotImplementedError("sliding-window mask")))
-    _module(T + ".modeling_flash_attention_utils", FlashAttentionKwargs=_Subscriptable)
+            create_sliding_window_causal_mask=create_sliding_window_causal_mask)
+    _module(T + ".modeling_flash_attention_utils", FlashAttentionKwargs=_Subscriptable,
+            is_flash_attn_available=lambda: False, flash_attn_supports_top_left_mask=lambda: False)
     _module(T + ".modeling_layers", GradientCheckpointingLayer=nn.Module,
             GenericForQuestionAnswering=type("GenericForQuestionAnswering", (), {}),
             GenericForSequenceClassification=type("GenericForSequenceClassification", (), {}),
             GenericForTokenClassification=type("GenericForTokenClassification", (), {}))
     _module(T + ".modeling_outputs", MoeCausalLMOutputWithPast=ModelOutput, MoeModelOutputWithPast=ModelOutput,
             BaseModelOutputWithPast=ModelOutput, CausalLMOutputWithPast=ModelOutput)
-    _module(T + ".modeling_rope_utils", ROPE_INIT_FUNCTIONS={}, dynamic_rope_update=_identity_decorator,
+    _module(T + ".modeling_rope_utils", ROPE_INIT_FUNCTIONS=ROPE_INIT_FUNCTIONS, dynamic_rope_update=_identity_decorator,
             extract_rope_scaling_dict_from_config=extract_rope_scaling_dict_from_config,
             RopeParameters=dict)
     _module(T + ".modeling_utils", ALL_ATTENTION_FUNCTIONS=_AttentionFunctions(), PreTrainedModel=PreTrainedModel)
@@ -369,6 +404,10 @@ def make_config(d):
         if not d.get("use_sliding_window", False):
             d["sliding_window"] = None
         d.setdefault("qkv_bias", True)  # qwen2_moe: q/k/v projections always carry a bias
+        d.setdefault("max_window_layers", d["num_hidden_layers"])
+        if not d.get("layer_types"):
+            d["layer_types"] = ["sliding_attention" if d["sliding_window"] is not None and i >= d["max_window_layers"]
+                                else "full_attention" for i in range(d["num_hidden_layers"])]
     if mt == "mixtral":
         d.setdefault("sliding_window", None)
         d.setdefault("num_local_experts", d.get("num_experts"))
@@ -514,6 +553,12 @@ def rel(a, b):
     return float(torch.linalg.norm((a - b).double()) / torch.linalg.norm(b.double()))
 
 
+def _sha_of(path):
+    """The commit sha a fetched file is filed under (its directory name), or None."""
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return parent if re.fullmatch(r"[0-9a-f]{40}", parent) else None
+
+
 def type_of_path(p):
     m = re.search(r"modeling_(\w+)\.py$", p)
     return m.group(1) if m else None
@@ -525,6 +570,8 @@ def main():
     ap.add_argument("--commit", action="append", default=[],
                     help="TYPE=SHA: huggingface/transformers commit of that file (default: the name of "
                          "the file's directory when it is a 40-hex sha)")
+    ap.add_argument("--rope-utils", help="transformers' modeling_rope_utils.py (or an excerpt with "
+                    "_compute_default_rope_parameters), for modeling files that take RoPE from it")
     ap.add_argument("--installed", action="store_true", help="import the installed transformers instead")
     ap.add_argument("--write", action="store_true", help="rewrite logits.f32 and ref.json provenance")
     ap.add_argument("--tol", type=float, default=1e-5, help="max rel error old vs new to accept --write")
@@ -537,9 +584,8 @@ def main():
     sources = {type_of_path(p): os.path.abspath(p) for p in args.modeling}
     commits = dict(c.split("=", 1) for c in args.commit)
     for mt, p in sources.items():
-        parent = os.path.basename(os.path.dirname(p))
-        if mt not in commits and re.fullmatch(r"[0-9a-f]{40}", parent):
-            commits[mt] = parent
+        if mt not in commits and _sha_of(p):
+            commits[mt] = _sha_of(p)
     classes = {}
     failures = 0
     for fx in args.fixtures:
@@ -566,11 +612,14 @@ def main():
             if mt not in classes:
                 install_stubs()
                 classes[mt] = load_modeling(sources[mt], mt)
+                if args.rope_utils:
+                    load_rope_utils(args.rope_utils)
             cls = classes[mt]
             config = make_config(cfg_json)
             origin = ("huggingface/transformers@%s src/transformers/models/%s/modeling_%s.py, executed by "
                       "scripts/ref/hf_exec.py with stand-ins for transformers internals"
                       % (commits.get(mt, "unknown"), mt, mt))
+        ROPE_UTILS_USED[0] = False
         model = build_model(cls, config, fx, cfg_json, mt)
         tokens = ref["tokens"]
         pre = prefill(model, tokens)
@@ -602,6 +651,9 @@ def main():
                 "decode_vs_prefill_rel_err": float("%.3e" % e_dec),
                 "previous_ref_rel_err": float("%.3e" % e_old),
             }
+            if ROPE_UTILS_USED[0] and not args.installed:
+                ref["hf_reference"]["rope_utils"] = "src/transformers/modeling_rope_utils.py@%s (_compute_default_rope_parameters)" % (
+                    _sha_of(args.rope_utils) or "unknown")
             indent = 1
             with open(os.path.join(fx, "ref.json"), "w") as f:
                 json.dump(ref, f, indent=indent)
