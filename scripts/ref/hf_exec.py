@@ -446,12 +446,22 @@ def load_modeling(path, model_type):
 
 
 def load_installed(model_type):
-    """The real transformers package's ForCausalLM class and config class."""
-    import transformers  # noqa: F401
+    """The real transformers package's ForCausalLM class and config class. For qwen3_next the
+    optional CUDA kernels (causal_conv1d, fla), if installed, are switched off so that the file's
+    torch path runs (the same code the stand-in mode executes), on the CPU in float32."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        sys.exit("--installed: transformers is not importable here (%s)" % e)
     cls_prefix = {"qwen3_next": "Qwen3Next", "qwen3_moe": "Qwen3Moe", "qwen2_moe": "Qwen2Moe",
                   "mixtral": "Mixtral", "olmoe": "Olmoe"}[model_type]
     mod = importlib.import_module("transformers.models.%s.modeling_%s" % (model_type, model_type))
     cfg_mod = importlib.import_module("transformers.models.%s.configuration_%s" % (model_type, model_type))
+    for name in ("causal_conv1d_fn", "causal_conv1d_update", "chunk_gated_delta_rule",
+                 "fused_recurrent_gated_delta_rule", "FusedRMSNormGated"):
+        if getattr(mod, name, None) is not None:
+            print("note: %s found; using the torch path instead" % name)
+            setattr(mod, name, None)
     return getattr(mod, cls_prefix + "ForCausalLM"), getattr(cfg_mod, cls_prefix + "Config"), mod.__file__
 
 
