@@ -2,7 +2,8 @@
 """Reference logits from Hugging Face transformers' own modeling code, run on this machine.
 
     /usr/bin/python3 scripts/ref/hf_exec.py --modeling DIR/modeling_<type>.py [--modeling ...]
-        [--commit SHA] [--write] [--installed] FIXTURE_DIR [FIXTURE_DIR ...]
+        [--rope-utils DIR/modeling_rope_utils.py] [--commit TYPE=SHA] [--write] [--installed]
+        FIXTURE_DIR [FIXTURE_DIR ...]
 
 transformers itself is not installed here (no PyPI), so this script takes the source file
 src/transformers/models/<type>/modeling_<type>.py of huggingface/transformers (fetched by hand,
@@ -25,6 +26,10 @@ file's own code; the stand-ins only provide plumbing:
     for linear-attention layers conv_states / recurrent_states with has_previous_state,
     update_conv_state, update_recurrent_state (LinearAttentionLayer); get_seq_length counts
     the tokens held by the first attention layer;
+  - RoPE: files that take the default inverse frequencies from modeling_rope_utils get
+    transformers' own _compute_default_rope_parameters from --rope-utils (exec'd as is);
+    extract_rope_scaling_dict_from_config (config plumbing) returns {"rope_type": "default",
+    "rope_theta": config.rope_theta};
   - the config: config.json values plus the defaults of transformers' configuration class for
     the keys the forward reads (rope_parameters / rope_theta, layer_types, mlp_only_layers,
     sliding_window, _attn_implementation = "eager").
@@ -45,7 +50,6 @@ cache, plus argmax agreement. --write rewrites logits.f32 with the prefill logit
 the provenance in ref.json (token ids and weights are never touched).
 """
 import argparse
-import contextlib
 import importlib
 import json
 import logging
@@ -450,7 +454,7 @@ def load_installed(model_type):
     optional CUDA kernels (causal_conv1d, fla), if installed, are switched off so that the file's
     torch path runs (the same code the stand-in mode executes), on the CPU in float32."""
     try:
-        import transformers  # noqa: F401
+        import transformers  # noqa: F401  (only checks that it is importable)
     except ImportError as e:
         sys.exit("--installed: transformers is not importable here (%s)" % e)
     cls_prefix = {"qwen3_next": "Qwen3Next", "qwen3_moe": "Qwen3Moe", "qwen2_moe": "Qwen2Moe",
