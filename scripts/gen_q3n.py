@@ -5,9 +5,10 @@ weights, for benchmarks. Dimensions are Qwen3-Coder-Next's (DESIGN.md): hidden 2
 16 q / 2 kv heads of 256 with output gate and partial RoPE 0.25, linear attention with
 16 key / 32 value heads of 128 and conv kernel 4, experts of intermediate 512, top-10, a
 shared expert of 512, vocab 151936; the layer count (full attention every 4th layer) and
-the expert count are arguments.
+the expert count are arguments, and so is the vocabulary (smaller than the real 151936,
+it takes the lm_head out of prefill timings that write every position's logits).
 
-    /usr/bin/python3 scripts/gen_q3n.py OUT_DIR [--layers 4] [--experts 512] [--seed 1]
+    /usr/bin/python3 scripts/gen_q3n.py OUT_DIR [--layers 4] [--experts 512] [--vocab 151936] [--seed 1]
 
 No tokenizer is written: drive it with token ids (flash-moe eval --tokens)."""
 import argparse
@@ -28,7 +29,7 @@ def bf16(a):
     return (a.view(np.uint32) >> 16).astype(np.uint16)
 
 
-def tensors(layers, experts):
+def tensors(layers, experts, vocab):
     """Yields (name, dtype, shape, kind): kind 'q' = packed weight, 's' scales, 'b' biases,
     'one' = ones, 'zero' = zeros, 'small' = small random bf16."""
     def qmat(name, shape):  # shape [..., out, in]
@@ -37,9 +38,9 @@ def tensors(layers, experts):
         yield name + ".scales", "BF16", lead + [out, inn // GROUP], "s"
         yield name + ".biases", "BF16", lead + [out, inn // GROUP], "b"
 
-    yield from qmat("model.embed_tokens", [VOCAB, H])
+    yield from qmat("model.embed_tokens", [vocab, H])
     yield "model.norm.weight", "BF16", [H], "one"
-    yield from qmat("lm_head", [VOCAB, H])
+    yield from qmat("lm_head", [vocab, H])
     for l in range(layers):
         p = f"model.layers.{l}"
         yield p + ".input_layernorm.weight", "BF16", [H], "one"
@@ -77,11 +78,12 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--experts", type=int, default=512)
+    ap.add_argument("--vocab", type=int, default=VOCAB)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     os.makedirs(a.out, exist_ok=True)
-    ts = list(tensors(a.layers, a.experts))
+    ts = list(tensors(a.layers, a.experts, a.vocab))
     hdr, off = {"__metadata__": {"format": "mlx"}}, 0
     for name, dt, shape, _ in ts:
         n = int(np.prod(shape)) * (4 if dt == "U32" else 2)
@@ -109,7 +111,7 @@ def main():
                 f.write(bf16(rng.normal(0, 0.1, n)).tobytes())
     cfg = {
         "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
-        "vocab_size": VOCAB, "hidden_size": H, "intermediate_size": 5120,
+        "vocab_size": a.vocab, "hidden_size": H, "intermediate_size": 5120,
         "num_hidden_layers": a.layers, "num_attention_heads": NQ, "num_key_value_heads": NKV,
         "head_dim": HD, "linear_num_value_heads": NV, "linear_num_key_heads": NK,
         "linear_key_head_dim": DK, "linear_value_head_dim": DV, "linear_conv_kernel_dim": CONV,

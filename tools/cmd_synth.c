@@ -5,7 +5,12 @@
  * and "quantization_config" in config.json). Weights are streamed to disk in small chunks,
  * so memory stays small whatever the model size; shards are cut at 4 GB (--shard-size) with a
  * model.safetensors.index.json. Values: BF16 weights with std ~0.02; quantized weights
- * uniform q with scale/bias chosen for the same spread; norms 1. */
+ * uniform q with scale/bias chosen for the same spread; norms 1.
+ * Qwen3-Next presets (model_type qwen3_next) write its hybrid layout as mlx_lm converts it
+ * (mlx_lm/models/qwen3_next.py): every full_attention_interval-th layer gated attention
+ * (q_proj of 2 x heads x head_dim: query and output gate), the others linear_attn
+ * (in_proj_qkvz, in_proj_ba, conv1d.weight [C, K, 1] in BF16, A_log and dt_bias 0, norm,
+ * out_proj), and a shared expert with its sigmoid gate in every MoE block. */
 #include "cli.h"
 #include "common.h"
 #include "tensor.h"
@@ -25,16 +30,31 @@ typedef struct {
     int max_pos;
     double rope_theta;
     int norm_topk;
+    /* qwen3_next only (0 otherwise) */
+    int shared_inter, lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, lin_conv, full_every;
+    double partial_rotary;
 } preset;
 
 static const struct { const char *name; preset p; } g_presets[] = {
     /* Published config.json values (Qwen3MoeConfig). */
-    {"qwen3-30b-a3b", {"qwen3_moe", 2048, 48, 32, 4, 128, 128, 8, 768, 6144, 151936, 40960, 1e6, 1}},
-    {"qwen3-235b-a22b", {"qwen3_moe", 4096, 94, 64, 4, 128, 128, 8, 1536, 12288, 151936, 40960, 1e6, 1}},
-    {"tiny", {"qwen3_moe", 128, 2, 4, 2, 32, 8, 2, 64, 256, 512, 4096, 1e6, 1}},
+    {"qwen3-30b-a3b", {"qwen3_moe", 2048, 48, 32, 4, 128, 128, 8, 768, 6144, 151936, 40960, 1e6, 1, 0, 0, 0, 0, 0, 0, 0, 0}},
+    {"qwen3-235b-a22b", {"qwen3_moe", 4096, 94, 64, 4, 128, 128, 8, 1536, 12288, 151936, 40960, 1e6, 1, 0, 0, 0, 0, 0, 0, 0, 0}},
+    {"tiny", {"qwen3_moe", 128, 2, 4, 2, 32, 8, 2, 64, 256, 512, 4096, 1e6, 1, 0, 0, 0, 0, 0, 0, 0, 0}},
+    /* Qwen3-Coder-Next (Qwen3NextConfig): 16 q / 2 kv heads of 256, linear attention with
+     * 16 key / 32 value heads of 128, conv 4, full attention every 4th layer, partial RoPE
+     * 0.25, 512 experts top-10 of 512 plus a shared expert of 512. */
+    {"qwen3-next", {"qwen3_next", 2048, 48, 16, 2, 256, 512, 10, 512, 5120, 151936, 262144, 5e6, 1,
+                    512, 16, 32, 128, 128, 4, 4, 0.25}},
+    {"qwen3-next-tiny", {"qwen3_next", 128, 4, 4, 2, 32, 8, 2, 64, 256, 512, 4096, 1e6, 1,
+                         64, 2, 4, 32, 32, 4, 4, 0.25}},
 };
 
-typedef enum { K_NORM, K_LINEAR } tkind;
+typedef enum {
+    K_NORM,   /* BF16 ones */
+    K_LINEAR, /* BF16 or quantized matrix */
+    K_ZERO,   /* BF16 zeros (A_log, dt_bias) */
+    K_SMALL   /* BF16 random, std 0.1, never quantized (conv1d weight) */
+} tkind;
 
 typedef struct {
     char name[160];
@@ -88,7 +108,7 @@ static int arrays_of(const tlist *L, int ti, arr out[3]) {
     const tspec *t = &L->t[ti];
     int64_t elems = 1;
     for (int d = 0; d < t->nd; d++) elems *= t->shape[d];
-    if (t->kind == K_NORM || L->bits == 0) {
+    if (t->kind != K_LINEAR || L->bits == 0) {
         out[0] = (arr){ti, 0, "BF16", t->nd, {t->shape[0], t->shape[1], t->shape[2]}, (uint64_t)elems * 2};
         return 1;
     }
@@ -103,7 +123,7 @@ static int arrays_of(const tlist *L, int ti, arr out[3]) {
 }
 
 static const char *part_suffix(const tlist *L, const tspec *t, int part) {
-    if (t->kind == K_NORM || L->bits == 0) return "";
+    if (t->kind != K_LINEAR || L->bits == 0) return "";
     return part == 0 ? "" : part == 1 ? "scales" : "biases";
 }
 
@@ -133,16 +153,18 @@ static int write_arr(FILE *f, const tlist *L, const arr *a, uint8_t *buf, size_t
     const float spread = 0.02f * sqrtf(12.0f); /* width of a uniform with std 0.02 */
     while (left) {
         size_t n = (size_t)FM_MIN((uint64_t)bufsz, left);
-        if (t->kind == K_NORM) {
-            for (size_t i = 0; i < n / 2; i++) ((uint16_t *)buf)[i] = 0x3F80; /* 1.0 */
-        } else if (a->part == 0 && L->bits) {
-            for (size_t i = 0; i < n / 8; i++) ((uint64_t *)buf)[i] = rnd();
-        } else if (a->part == 0) {
-            /* BF16 ~ N(0, 0.02^2): Irwin-Hall(4), std 1/sqrt(3) */
+        if (t->kind == K_NORM || t->kind == K_ZERO) {
+            uint16_t v = t->kind == K_NORM ? 0x3F80 : 0; /* 1.0 or 0 */
+            for (size_t i = 0; i < n / 2; i++) ((uint16_t *)buf)[i] = v;
+        } else if (t->kind == K_SMALL || (a->part == 0 && !L->bits)) {
+            /* BF16 ~ N(0, sd^2): Irwin-Hall(4), std 1/sqrt(3) */
+            float sd = t->kind == K_SMALL ? 0.1f : 0.02f;
             for (size_t i = 0; i < n / 2; i++) {
-                float v = (unif() + unif() + unif() + unif() - 2.0f) * (0.02f * 1.7320508f);
+                float v = (unif() + unif() + unif() + unif() - 2.0f) * (sd * 1.7320508f);
                 ((uint16_t *)buf)[i] = fm__f32_to_bf16(v);
             }
+        } else if (a->part == 0) {
+            for (size_t i = 0; i < n / 8; i++) ((uint64_t *)buf)[i] = rnd();
         } else {
             float qmax = (float)((1 << L->bits) - 1);
             for (size_t i = 0; i < n / 2; i++) {
@@ -191,7 +213,9 @@ static int write_config(const char *dir, const preset *p, int bits, int group) {
     char *path = fm__path_join(dir, "config.json");
     FILE *f = path ? fopen(path, "w") : NULL;
     if (!f) { fprintf(stderr, "flash-moe: cannot write %s\n", path ? path : dir); free(path); return -1; }
-    fprintf(f, "{\n  \"architectures\": [\"Qwen3MoeForCausalLM\"],\n  \"model_type\": \"%s\",\n", p->model_type);
+    bool next = p->full_every > 0;
+    fprintf(f, "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n",
+            next ? "Qwen3NextForCausalLM" : "Qwen3MoeForCausalLM", p->model_type);
     fprintf(f, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
                "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
                "  \"num_experts\": %d,\n  \"num_experts_per_tok\": %d,\n  \"moe_intermediate_size\": %d,\n"
@@ -202,6 +226,13 @@ static int write_config(const char *dir, const preset *p, int bits, int group) {
                "  \"torch_dtype\": \"bfloat16\"",
             p->hidden, p->inter, p->layers, p->heads, p->kv_heads, p->head_dim, p->experts, p->top_k,
             p->moe_inter, p->norm_topk ? "true" : "false", p->vocab, p->max_pos, p->rope_theta);
+    if (next)
+        fprintf(f, ",\n  \"shared_expert_intermediate_size\": %d,\n  \"linear_num_key_heads\": %d,\n"
+                   "  \"linear_num_value_heads\": %d,\n  \"linear_key_head_dim\": %d,\n"
+                   "  \"linear_value_head_dim\": %d,\n  \"linear_conv_kernel_dim\": %d,\n"
+                   "  \"full_attention_interval\": %d,\n  \"partial_rotary_factor\": %g",
+                p->shared_inter, p->lin_k_heads, p->lin_v_heads, p->lin_k_dim, p->lin_v_dim, p->lin_conv,
+                p->full_every, p->partial_rotary);
     if (bits)
         fprintf(f, ",\n  \"quantization\": {\"group_size\": %d, \"bits\": %d},\n"
                    "  \"quantization_config\": {\"group_size\": %d, \"bits\": %d}",
@@ -217,7 +248,8 @@ int cmd_synth(int argc, char **argv) {
     int32_t layers = 0, experts = 0, q = 4, group = 64, seed = 1;
     int64_t shard_max = 4ll << 30;
     cli_opt opts[] = {
-        {"--preset", NULL, CLI_STR, &preset_name, "qwen3-30b-a3b | qwen3-235b-a22b | qwen3-next-80b | tiny"},
+        {"--preset", NULL, CLI_STR, &preset_name,
+         "qwen3-30b-a3b | qwen3-235b-a22b | qwen3-next (alias qwen3-next-80b) | tiny | qwen3-next-tiny"},
         {"--layers", NULL, CLI_INT, &layers, "number of layers (0 = the preset's)"},
         {"--experts", NULL, CLI_INT, &experts, "routed experts per layer (0 = the preset's)"},
         {"-q", NULL, CLI_INT, &q, "weight bits: 2,3,4,5,6,8 (MLX affine) or 0 (BF16)"},
@@ -231,10 +263,7 @@ int cmd_synth(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : 2;
     if (n_pos != 1) { fprintf(stderr, "flash-moe: synth needs an output directory (see --help)\n"); return 2; }
     const char *dir = pos[0];
-    if (strcmp(preset_name, "qwen3-next-80b") == 0) {
-        fprintf(stderr, "flash-moe: preset qwen3-next-80b needs the qwen3_next architecture, not supported yet\n");
-        return 2;
-    }
+    if (strcmp(preset_name, "qwen3-next-80b") == 0) preset_name = "qwen3-next";
     const preset *pp = NULL;
     for (size_t i = 0; i < FM_ARRAY_LEN(g_presets); i++)
         if (strcmp(g_presets[i].name, preset_name) == 0) pp = &g_presets[i].p;
@@ -257,19 +286,38 @@ int cmd_synth(int argc, char **argv) {
     int64_t H = p.hidden, QD = (int64_t)p.heads * p.head_dim, KV = (int64_t)p.kv_heads * p.head_dim;
     int e = 0;
     e |= add(&L, K_LINEAR, 2, p.vocab, H, 0, "model.embed_tokens.weight");
+    bool next = p.full_every > 0;
+    int64_t KD = (int64_t)p.lin_k_heads * p.lin_k_dim, VD = (int64_t)p.lin_v_heads * p.lin_v_dim;
     for (int l = 0; l < p.layers; l++) {
         e |= add(&L, K_NORM, 1, H, 0, 0, "model.layers.%d.input_layernorm.weight", l);
-        e |= add(&L, K_LINEAR, 2, QD, H, 0, "model.layers.%d.self_attn.q_proj.weight", l);
+        if (next && (l + 1) % p.full_every != 0) {
+            e |= add(&L, K_LINEAR, 2, 2 * KD + 2 * VD, H, 0, "model.layers.%d.linear_attn.in_proj_qkvz.weight", l);
+            e |= add(&L, K_LINEAR, 2, 2 * (int64_t)p.lin_v_heads, H, 0, "model.layers.%d.linear_attn.in_proj_ba.weight", l);
+            e |= add(&L, K_SMALL, 3, 2 * KD + VD, p.lin_conv, 1, "model.layers.%d.linear_attn.conv1d.weight", l);
+            e |= add(&L, K_ZERO, 1, p.lin_v_heads, 0, 0, "model.layers.%d.linear_attn.A_log", l);
+            e |= add(&L, K_ZERO, 1, p.lin_v_heads, 0, 0, "model.layers.%d.linear_attn.dt_bias", l);
+            e |= add(&L, K_NORM, 1, p.lin_v_dim, 0, 0, "model.layers.%d.linear_attn.norm.weight", l);
+            e |= add(&L, K_LINEAR, 2, H, VD, 0, "model.layers.%d.linear_attn.out_proj.weight", l);
+            goto mlp;
+        }
+        e |= add(&L, K_LINEAR, 2, next ? 2 * QD : QD, H, 0, "model.layers.%d.self_attn.q_proj.weight", l);
         e |= add(&L, K_LINEAR, 2, KV, H, 0, "model.layers.%d.self_attn.k_proj.weight", l);
         e |= add(&L, K_LINEAR, 2, KV, H, 0, "model.layers.%d.self_attn.v_proj.weight", l);
         e |= add(&L, K_LINEAR, 2, H, QD, 0, "model.layers.%d.self_attn.o_proj.weight", l);
         e |= add(&L, K_NORM, 1, p.head_dim, 0, 0, "model.layers.%d.self_attn.q_norm.weight", l);
         e |= add(&L, K_NORM, 1, p.head_dim, 0, 0, "model.layers.%d.self_attn.k_norm.weight", l);
+    mlp:
         e |= add(&L, K_NORM, 1, H, 0, 0, "model.layers.%d.post_attention_layernorm.weight", l);
         e |= add(&L, K_LINEAR, 2, p.experts, H, 0, "model.layers.%d.mlp.gate.weight", l);
         e |= add(&L, K_LINEAR, 3, p.experts, p.moe_inter, H, "model.layers.%d.mlp.switch_mlp.gate_proj.weight", l);
         e |= add(&L, K_LINEAR, 3, p.experts, p.moe_inter, H, "model.layers.%d.mlp.switch_mlp.up_proj.weight", l);
         e |= add(&L, K_LINEAR, 3, p.experts, H, p.moe_inter, "model.layers.%d.mlp.switch_mlp.down_proj.weight", l);
+        if (next) {
+            e |= add(&L, K_LINEAR, 2, p.shared_inter, H, 0, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
+            e |= add(&L, K_LINEAR, 2, p.shared_inter, H, 0, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
+            e |= add(&L, K_LINEAR, 2, H, p.shared_inter, 0, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
+            e |= add(&L, K_LINEAR, 2, 1, H, 0, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+        }
     }
     e |= add(&L, K_NORM, 1, H, 0, 0, "model.norm.weight");
     e |= add(&L, K_LINEAR, 2, p.vocab, H, 0, "lm_head.weight");
