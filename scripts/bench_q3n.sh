@@ -9,9 +9,14 @@
 # reads (the cache's "I/O wait"). The bound is the issue's (I/O time + compute, serial);
 # since reads overlap compute, a run can beat it, so the stricter max(I/O, compute) (perfect
 # overlap) is printed next to it.
+# With LONG=N, the prefill of N tokens is also timed on a small fully resident model of the
+# same layer shapes (16 experts, vocabulary 1024): no expert reads and a negligible lm_head,
+# so the figure isolates the token mixers (the Gated DeltaNet's chunked form, attention)
+# and the dense projections. PARTS=long runs only that.
 #   scripts/bench_q3n.sh [BUILD]   env: LAYERS (4), EXPERTS (512), FRAC (40), PREFILL (64),
 #                                  DECODE (32), WORK (/tmp/fm_bench_q3n), CACHE_DIR ("" =
-#                                  checkpoint reads; a directory = packed store there)
+#                                  checkpoint reads; a directory = packed store there),
+#                                  LONG (0), PARTS (cache = the budgeted runs; long; cache,long)
 set -u
 BUILD=${1:-build}
 BIN=$BUILD/flash-moe
@@ -22,6 +27,25 @@ PREFILL=${PREFILL:-64}
 DECODE=${DECODE:-32}
 WORK=${WORK:-/tmp/fm_bench_q3n}
 CACHE_DIR=${CACHE_DIR:-}
+LONG=${LONG:-0}
+PARTS=${PARTS:-cache}
+[ "$LONG" -gt 0 ] && [ "$PARTS" = cache ] && PARTS=cache,long
+
+# Pseudo-random token ids (fixed) below $2 (default 150000 + 1000).
+ids() { awk -v n="$1" -v v="${2:-0}" 'BEGIN {s = 12345; for (i = 0; i < n; i++) {s = (s * 1103515245 + 12345) % 2147483648; printf "%s%d", i ? "," : "", v ? s % v : 1000 + s % 150000}}'; }
+
+long_prefill() {
+    local S=$WORK/q3n-${LAYERS}l-16e-v1024
+    if [ ! -f "$S/model.safetensors" ] || [ ! -f "$S/config.json" ]; then
+        /usr/bin/python3 scripts/gen_q3n.py "$S" --layers "$LAYERS" --experts 16 --vocab 1024 || exit 1
+    fi
+    "$BIN" eval "$S" --tokens "$(ids "$LONG" 1024)" -o "$WORK/long.f32" --ctx $((LONG + 8)) --cache-dir "" --stats \
+        >"$WORK/long.log" 2>&1 || { echo "eval long failed:"; tail -5 "$WORK/long.log"; exit 1; }
+    awk -v l="$LAYERS" '/^eval:/ {printf "long     %3d tok  resident, %d layers, 16 experts, vocab 1024: %.3f s, %7.2f tok/s prefill\n", $2, l, $5, $2 / $5}' "$WORK/long.log"
+    echo "# $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+case ",$PARTS," in *,cache,*) ;; *) mkdir -p "$WORK"; long_prefill; exit 0 ;; esac
+
 M=$WORK/q3n-${LAYERS}l-${EXPERTS}e
 F=$M/model.safetensors
 if [ ! -f "$F" ] || [ ! -f "$M/config.json" ]; then
@@ -56,8 +80,7 @@ echo "# model $M: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}') on dis
 awk -v a="$bw1" -v b="$bw4" -v c="$bw" 'BEGIN {printf "# disk (O_DIRECT dd, 4 MiB blocks): 1 stream %.2f GB/s, 4 streams %.2f GB/s -> %.2f GB/s used\n", a/1e9, b/1e9, c/1e9}'
 echo "# --mem-limit ${limit_mib}M = resident + KV + ${FRAC}% of the experts; cache dir '${CACHE_DIR}'; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# Pseudo-random token ids (fixed), PREFILL for prefill, PREFILL+DECODE for decode.
-ids() { awk -v n="$1" 'BEGIN {s = 12345; for (i = 0; i < n; i++) {s = (s * 1103515245 + 12345) % 2147483648; printf "%s%d", i ? "," : "", 1000 + s % 150000}}'; }
+# Token ids: PREFILL for prefill, PREFILL+DECODE for decode.
 
 run() { # mode (prefill|decode), n tokens
     local extra=() n=$2 log=$WORK/$1.log
@@ -78,3 +101,4 @@ run() { # mode (prefill|decode), n tokens
 }
 run prefill "$PREFILL"
 run decode "$((PREFILL + DECODE))"
+case ",$PARTS," in *,long,*) long_prefill ;; esac

@@ -158,7 +158,7 @@ static void forward(const void *vw, const fm__config *c, fm__pool *pool, const f
     int64_t H = c->hidden;
     float *qkvz = scratch, *ba = qkvz + (size_t)T * d.P, *mixed = ba + (size_t)T * 2 * d.nv;
     float *conv = mixed + (size_t)T * d.C, *z = conv + (size_t)T * d.C, *o = z + (size_t)T * d.vd;
-    float *tmp = o + (size_t)T * d.vd;
+    float *work = o + (size_t)T * d.vd; /* [nv] head work areas */
     float *b = ba, *a = ba + (size_t)T * d.nv;
     float *hist = state, *rec = state + (size_t)(d.K - 1) * d.C;
     /* 1. input projections */
@@ -214,7 +214,7 @@ static void forward(const void *vw, const fm__config *c, fm__pool *pool, const f
         }
     }
     /* 5. gated delta rule + gated norm, one task per value head */
-    head_ctx hc = {w, d, T, c->rms_eps, conv, z, b, a, rec, o, tmp, head_work(d, T)};
+    head_ctx hc = {w, d, T, c->rms_eps, conv, z, b, a, rec, o, work, head_work(d, T)};
     fm__pool_run(pool, d.nv, head_task, &hc);
     /* 6. output projection */
     fm__matmul(pool, &w->out, o, d.vd, T, out, H);
