@@ -7,7 +7,7 @@
  * Algorithm: transformers' torch_chunk_gated_delta_rule
  * (src/transformers/models/qwen3_next/modeling_qwen3_next.py), per value head, chunk of
  * n <= FM_GDR_CHUNK tokens (a short last chunk is the padded one without its padding):
- *   G = cumsum(g);  Gam[i][j] = exp(G_i - G_j), j <= i
+ *   G = cumsum(g);  Gam[i][j] = exp(G_i - G_j), j <= i (the exponent summed directly)
  *   L[i][j]  = -beta_i (k_i . k_j) Gam[i][j], j < i          (strictly lower)
  *   X = (I - L)^-1 = I + Xs, by forward substitution row by row (the loop over i there)
  *   U = X (beta v);  W = X (beta exp(G) k)
@@ -110,11 +110,14 @@ void GDR_FN(float *restrict S, int32_t dk, int32_t dv, int32_t T, const float *q
         /* 2. lower triangles of K K^T and Q K^T */
         mm(L, CH, kc, ldk, Kt, CH, n, np, dk, -1, 1, 0, 1.0f);
         mm(Aq, CH, qc, ldq, Kt, CH, n, np, dk, -1, 1, 0, 1.0f);
-        /* 3. decay and beta; zero the upper parts */
+        /* 3. decay and beta; zero the upper parts. G_i - G_j is summed directly (g_{j+1}
+         * + ... + g_i) rather than subtracted: after a strong decay G is large and the
+         * difference would lose the small decays between close tokens */
         for (int32_t i = 0; i < n; i++) {
-            float *li = L + (size_t)i * CH, *ai = Aq + (size_t)i * CH, nb = -beta[t0 + i];
-            for (int32_t j = 0; j < i; j++) {
-                float d = expf(G[i] - G[j]);
+            float *li = L + (size_t)i * CH, *ai = Aq + (size_t)i * CH, nb = -beta[t0 + i], gs = 0;
+            for (int32_t j = i - 1; j >= 0; j--) {
+                gs += g[t0 + j + 1];
+                float d = expf(gs);
                 li[j] = nb * li[j] * d;
                 ai[j] *= d;
             }
@@ -142,11 +145,12 @@ void GDR_FN(float *restrict S, int32_t dk, int32_t dv, int32_t T, const float *q
         mm(oc, ldo, Qg, dk, S, dv, n, dv, dk, -1, -1, 0, 1.0f);
         mm(oc, ldo, Aq, CH, U, dv, n, dv, n, 1, -1, 1, 1.0f);
         /* 8. S = exp(G_last) S + (exp(G_last - G) k)^T Vnew */
-        float gl = G[n - 1];
-        for (int32_t j = 0; j < n; j++) E[j] = expf(gl - G[j]);
+        float gs = 0;
+        E[n - 1] = 1.0f;
+        for (int32_t j = n - 2; j >= 0; j--) E[j] = expf(gs += g[t0 + j + 1]);
         for (int32_t a = 0; a < dk; a++)
             for (int32_t j = 0; j < n; j++) Kt[(size_t)a * CH + j] *= E[j];
-        mm(S, dv, Kt, CH, U, dv, dk, dv, n, -1, -1, 1, expf(gl));
+        mm(S, dv, Kt, CH, U, dv, dk, dv, n, -1, -1, 1, expf(G[n - 1]));
     }
 }
 
