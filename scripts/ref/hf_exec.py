@@ -3,7 +3,9 @@
 
     /usr/bin/python3 scripts/ref/hf_exec.py --modeling DIR/modeling_<type>.py [--modeling ...]
         [--rope-utils DIR/modeling_rope_utils.py] [--commit TYPE=SHA] [--write] [--installed]
-        FIXTURE_DIR [FIXTURE_DIR ...]
+        [--model-dir MODEL_DIR | --demo] [FIXTURE_DIR ...]
+    /usr/bin/python3 scripts/ref/hf_exec.py --modeling ... --model-dir MODEL_DIR --tokens 1,2,3
+        [--greedy N] [--logits-out FILE]
 
 transformers itself is not installed here (no PyPI), so this script takes the source file
 src/transformers/models/<type>/modeling_<type>.py of huggingface/transformers (fetched by hand,
@@ -48,6 +50,16 @@ For each fixture it prints the relative L2 error ||old - new|| / ||new|| of the 
 logits.f32 against (a) the prefill of all tokens and (b) token-by-token decode through the
 cache, plus argmax agreement. --write rewrites logits.f32 with the prefill logits and records
 the provenance in ref.json (token ids and weights are never touched).
+
+--model-dir MODEL_DIR (--demo = models/demo) checks a model directory's stored references in
+MODEL_DIR/ref/: the logits of ref.json's tokens against logits.f32 (prefill and decode, argmax
+also against ref.json's "argmax"), and greedy.json's "ids" against transformers' greedy argmax
+loop from "prompt_ids" (up to "max_new_tokens", stopping after a "stop_ids" token), run twice:
+through the KV cache and by full recompute without a cache; the stored "text" / "prompt_text"
+must equal the ids decoded with tokenizer.json's byte-level table. --write then records the
+provenance ("source", "hf_reference") in ref.json and greedy.json; it never rewrites the
+expected values (logits.f32, ids, text). With --tokens it only prints transformers' argmax
+for the given ids (and --greedy N tokens), optionally writing the logits to --logits-out.
 """
 import argparse
 import importlib
@@ -592,6 +604,216 @@ def type_of_path(p):
     return m.group(1) if m else None
 
 
+# --------------------------------------------------------------------------------------------
+# A model directory with stored references (models/demo): logits of a fixed prompt and greedy ids
+
+
+@torch.no_grad()
+def greedy_cached(model, prompt, n, stops):
+    """Plain argmax loop through the KV cache: prefill the prompt, then one token at a time.
+    Returns (ids, min top-1/top-2 logit margin along the path). Stops after a stop id."""
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    cache = out.past_key_values
+    ids, margin = [], float("inf")
+    for _ in range(n):
+        last = out.logits[0, -1].float()
+        top2 = last.topk(2).values
+        margin = min(margin, float(top2[0] - top2[1]))
+        tok = int(last.argmax())
+        ids.append(tok)
+        if tok in stops:
+            break
+        out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+    return ids, margin
+
+
+@torch.no_grad()
+def greedy_recompute(model, prompt, n, stops):
+    """The same argmax loop without a cache: every step runs the whole sequence from position 0."""
+    seq, ids = list(prompt), []
+    for _ in range(n):
+        tok = int(model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1].argmax())
+        ids.append(tok)
+        seq.append(tok)
+        if tok in stops:
+            break
+    return ids
+
+
+def byte_level_decoder(model_dir):
+    """ids -> text for a byte-level BPE tokenizer.json (GPT-2 bytes_to_unicode table; added
+    tokens verbatim), used to check that stored ids and stored text agree."""
+    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    u2b = {chr(c): b for b, c in zip(bs, cs)}
+    inv = {i: t for t, i in tj["model"]["vocab"].items()}
+    added = {a["id"]: a["content"] for a in tj.get("added_tokens", [])}
+
+    def dec(ids):
+        out, buf = [], bytearray()
+        for i in ids:
+            if i in added:
+                out.append(buf.decode("utf-8", "replace"))
+                buf = bytearray()
+                out.append(added[i])
+            else:
+                buf += bytes(u2b[ch] for ch in inv[i])
+        out.append(buf.decode("utf-8", "replace"))
+        return "".join(out)
+    return dec
+
+
+def _dump_json(path, obj, like_text):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        if like_text.endswith("\n"):
+            f.write("\n")
+
+
+def check_model_dir(md, args, sources, commits, classes):
+    """Checks (and with --write records provenance in) MODEL_DIR/ref/: logits of ref.json's
+    tokens against logits.f32, and greedy.json's ids against transformers' argmax loop, with
+    the KV cache and with full recompute. With --tokens, only prints transformers' argmax
+    (and --greedy N continuation) of those ids, optionally writing --logits-out. Stored
+    expected values (logits.f32, ids, text) are never rewritten. Returns the failure count."""
+    with open(os.path.join(md, "config.json")) as f:
+        cfg_json = json.load(f)
+    mt = cfg_json["model_type"]
+    got = model_class(mt, cfg_json, args, sources, commits, classes)
+    if got is None:
+        print("%s: no --modeling file for %s" % (md, mt))
+        return 1
+    cls, config, origin = got
+    model = build_model(cls, config, md, cfg_json, mt)
+    root = os.path.realpath(os.path.join(HERE, "..", ".."))
+    name = os.path.realpath(md)
+    name = os.path.relpath(name, root) if name.startswith(root + os.sep) else os.path.normpath(md)
+    stops = cfg_json.get("eos_token_id")
+    stops = stops if isinstance(stops, list) else [stops]
+    if args.tokens is not None:
+        tokens = [int(x) for x in args.tokens.replace(",", " ").split()]
+        pre = prefill(model, tokens)
+        print("%s: %d tokens, argmax %s" % (name, len(tokens), pre.argmax(-1).tolist()))
+        if args.logits_out:
+            pre.numpy().astype("<f4").tofile(args.logits_out)
+        if args.greedy:
+            ids, margin = greedy_cached(model, tokens, args.greedy, stops)
+            print("%s: greedy %s (min top-1/top-2 margin %.4g)" % (name, ids, margin))
+        return 0
+    refdir = os.path.join(md, "ref")
+    failures = 0
+    src = origin + "; PyTorch %s, float32 on the stored weights, eager attention" % torch.__version__
+    hf = {"repo": "huggingface/transformers", "commit": commits.get(mt) if not args.installed else None,
+          "file": "src/transformers/models/%s/modeling_%s.py" % (mt, mt), "torch": torch.__version__}
+    if args.installed:
+        import transformers
+        hf["transformers_version"] = transformers.__version__
+        hf["command"] = "/usr/bin/python3 scripts/ref/hf_exec.py --installed --model-dir %s --write" % name
+    else:
+        hf["command"] = ("/usr/bin/python3 scripts/ref/hf_exec.py --modeling <huggingface/transformers at "
+                         "the commit>/%s --model-dir %s --write" % (hf["file"], name))
+
+    # logits of the fixed prompt
+    with open(os.path.join(refdir, "ref.json")) as f:
+        ref_text = f.read()
+    ref = json.loads(ref_text)
+    tokens = ref["tokens"]
+    pre = prefill(model, tokens)
+    dec = decode(model, tokens, config)
+    old = torch.from_numpy(np.fromfile(os.path.join(refdir, "logits.f32"), dtype="<f4").copy())
+    shape_ok = old.numel() == pre.numel()
+    old = old.reshape(pre.shape) if shape_ok else old
+    e_old = rel(old, pre) if shape_ok else float("inf")
+    e_dec = rel(dec, pre)
+    same = shape_ok and bool(torch.equal(old.argmax(-1), pre.argmax(-1))) and \
+        bool(torch.equal(dec.argmax(-1), pre.argmax(-1))) and pre.argmax(-1).tolist() == ref.get("argmax", pre.argmax(-1).tolist())
+    bitwise = shape_ok and bool(torch.equal(old, pre))
+    print("%s logits (%d tokens): stored-vs-hf %.3e%s  decode-vs-prefill %.3e  argmax %s"
+          % (name, len(tokens), e_old, " (bitwise equal)" if bitwise else "", e_dec, "same" if same else "DIFFERENT"))
+    logits_ok = e_old <= args.tol and e_dec <= args.dec_tol and same
+    failures += 0 if logits_ok else 1
+
+    # greedy completion
+    gpath = os.path.join(refdir, "greedy.json")
+    g_text = None
+    if os.path.exists(gpath):
+        with open(gpath) as f:
+            g_text = f.read()
+        g = json.loads(g_text)
+        gstops = g.get("stop_ids", stops)
+        a, margin = greedy_cached(model, g["prompt_ids"], g["max_new_tokens"], gstops)
+        b = greedy_recompute(model, g["prompt_ids"], g["max_new_tokens"], gstops)
+        dec_text = byte_level_decoder(md)
+        text_ok = dec_text(g["ids"]) == g["text"] and dec_text(g["prompt_ids"]) == g["prompt_text"]
+        print("%s greedy (%d prompt ids): kv-cache %d ids %s, full recompute %s, stored text %s ids; "
+              "min top-1/top-2 margin %.4g"
+              % (name, len(g["prompt_ids"]), len(a), "EQUAL to greedy.json" if a == g["ids"] else "DIFFERENT",
+                 "EQUAL" if b == g["ids"] else "DIFFERENT", "matches" if text_ok else "DOES NOT MATCH", margin))
+        for label, got_ids in (("kv-cache", a), ("recompute", b)):
+            if got_ids != g["ids"]:
+                k = next((i for i, (x, y) in enumerate(zip(got_ids, g["ids"])) if x != y), min(len(got_ids), len(g["ids"])))
+                print("  %s first differs at %d: hf %s stored %s" % (label, k, got_ids[k:k + 5], g["ids"][k:k + 5]))
+        greedy_ok = a == g["ids"] and b == g["ids"] and text_ok
+        failures += 0 if greedy_ok else 1
+    if args.write and failures == 0:
+        prev = (ref.get("hf_reference") or {}).get("previous_source") or ref.get("source")
+        ref["source"] = src + ", prefill of all tokens; ids from @lenml/tokenizers"
+        ref["hf_reference"] = dict(hf, **{
+            "stored_vs_hf_rel_err": float("%.3e" % e_old), "bitwise_equal": bitwise,
+            "decode_vs_prefill_rel_err": float("%.3e" % e_dec)})
+        if prev and prev != ref["source"]:
+            ref["hf_reference"]["previous_source"] = prev
+        _dump_json(os.path.join(refdir, "ref.json"), ref, ref_text)
+        if g_text is not None:
+            prev = (g.get("hf_reference") or {}).get("previous_source") or g.get("source")
+            g["source"] = (src + "; greedy argmax loop with the KV cache (DynamicCache), equal to full "
+                           "recompute without cache; prompt rendered with Python Jinja2 from "
+                           "tokenizer_config.json, encoded by @lenml/tokenizers")
+            g["hf_reference"] = dict(hf, **{"greedy_kv_cache": "equal", "greedy_full_recompute": "equal",
+                                            "min_top2_margin": float("%.4g" % margin)})
+            if prev and prev != g["source"]:
+                g["hf_reference"]["previous_source"] = prev
+            _dump_json(gpath, g, g_text)
+        print("%s: provenance written to ref.json%s" % (name, " and greedy.json" if g_text is not None else ""))
+    return failures
+
+
+def model_class(mt, cfg_json, args, sources, commits, classes):
+    """(ForCausalLM class, config object, provenance text) for model type mt: the installed
+    transformers with --installed, else the --modeling file exec'd with the stand-ins; None when
+    no --modeling file was given for mt. classes caches the loaded classes per type."""
+    if args.installed:
+        if mt not in classes:
+            classes[mt] = load_installed(mt)
+        cls, cfg_cls, src_path = classes[mt]
+        c = {k: v for k, v in cfg_json.items() if k not in ("quantization", "quantization_config")}
+        config = cfg_cls(**c)
+        config._attn_implementation = "eager"
+        import transformers
+        return cls, config, "transformers %s (installed, %s)" % (transformers.__version__, src_path)
+    if mt not in sources:
+        return None
+    if mt not in classes:
+        install_stubs()
+        classes[mt] = load_modeling(sources[mt], mt)
+        if args.rope_utils:
+            load_rope_utils(args.rope_utils)
+    origin = ("huggingface/transformers@%s src/transformers/models/%s/modeling_%s.py, executed by "
+              "scripts/ref/hf_exec.py with stand-ins for transformers internals"
+              % (commits.get(mt, "unknown"), mt, mt))
+    return classes[mt], make_config(cfg_json), origin
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modeling", action="append", default=[], help="transformers' modeling_<type>.py")
@@ -606,8 +828,22 @@ def main():
     ap.add_argument("--dec-tol", type=float, default=5e-5,
                     help="max rel error decode vs prefill to accept --write (float32 rounding of the "
                          "recurrent vs chunked delta rule)")
-    ap.add_argument("fixtures", nargs="+")
+    ap.add_argument("--model-dir", action="append", default=[],
+                    help="a model directory with stored references in DIR/ref/ (ref.json + logits.f32, "
+                         "greedy.json): check them; with --write, record provenance in the JSON files")
+    ap.add_argument("--demo", action="store_true", help="--model-dir models/demo (the shipped demo model)")
+    ap.add_argument("--tokens", help="with --model-dir: print transformers' argmax for these ids "
+                    "(comma-separated) instead of checking the stored references")
+    ap.add_argument("--greedy", type=int, default=0, help="with --tokens: also N greedy tokens (KV cache)")
+    ap.add_argument("--logits-out", help="with --tokens: write the float32 logits [n, vocab] here")
+    ap.add_argument("fixtures", nargs="*")
     args = ap.parse_args()
+    if args.demo:
+        args.model_dir.append(os.path.join(HERE, "..", "..", "models", "demo"))
+    if not args.fixtures and not args.model_dir:
+        ap.error("give fixture directories, --model-dir DIR or --demo")
+    if args.tokens is not None and len(args.model_dir) != 1:
+        ap.error("--tokens needs exactly one --model-dir")
 
     sources = {type_of_path(p): os.path.abspath(p) for p in args.modeling}
     commits = dict(c.split("=", 1) for c in args.commit)
@@ -616,6 +852,8 @@ def main():
             commits[mt] = _sha_of(p)
     classes = {}
     failures = 0
+    for md in args.model_dir:
+        failures += check_model_dir(md, args, sources, commits, classes)
     for fx in args.fixtures:
         with open(os.path.join(fx, "config.json")) as f:
             cfg_json = json.load(f)
@@ -623,30 +861,12 @@ def main():
             ref_text = f.read()
         ref = json.loads(ref_text)
         mt = cfg_json["model_type"]
-        if args.installed:
-            if mt not in classes:
-                classes[mt] = load_installed(mt)
-            cls, cfg_cls, src_path = classes[mt]
-            c = {k: v for k, v in cfg_json.items() if k not in ("quantization", "quantization_config")}
-            config = cfg_cls(**c)
-            config._attn_implementation = "eager"
-            import transformers
-            origin = "transformers %s (installed, %s)" % (transformers.__version__, src_path)
-        else:
-            if mt not in sources:
-                print("%s: no --modeling file for %s" % (fx, mt))
-                failures += 1
-                continue
-            if mt not in classes:
-                install_stubs()
-                classes[mt] = load_modeling(sources[mt], mt)
-                if args.rope_utils:
-                    load_rope_utils(args.rope_utils)
-            cls = classes[mt]
-            config = make_config(cfg_json)
-            origin = ("huggingface/transformers@%s src/transformers/models/%s/modeling_%s.py, executed by "
-                      "scripts/ref/hf_exec.py with stand-ins for transformers internals"
-                      % (commits.get(mt, "unknown"), mt, mt))
+        got = model_class(mt, cfg_json, args, sources, commits, classes)
+        if got is None:
+            print("%s: no --modeling file for %s" % (fx, mt))
+            failures += 1
+            continue
+        cls, config, origin = got
         ROPE_UTILS_USED[0] = False
         model = build_model(cls, config, fx, cfg_json, mt)
         tokens = ref["tokens"]
@@ -690,7 +910,7 @@ def main():
                 json.dump(ref, f, indent=indent)
                 if ref_text.endswith("\n"):
                     f.write("\n")
-    print("%d fixture(s) failed" % failures if failures else "all fixtures agree")
+    print("%d check(s) failed" % failures if failures else "all agree")
     return 1 if failures else 0
 
 
