@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bundled demo model against its stored references (models/demo/ref/, computed outside
-# flash-moe: float32 logits and greedy ids from the PyTorch reference, prompt ids from
-# @lenml/tokenizers):
+# flash-moe: float32 logits and greedy ids from transformers' modeling_qwen2_moe.py (run by
+# scripts/ref/hf_exec.py; commit in ref.json), prompt ids from @lenml/tokenizers):
 #   - logits of a fixed prompt within 1e-4 relative error, same argmax, prefill and decode;
 #   - the chat prompt tokenizes to the reference ids;
 #   - the greedy chat answer equals the reference text at full and at 25% capacity;
