@@ -43,12 +43,16 @@ static inline __attribute__((always_inline)) void Q8X(const uint8_t *p, vf *q) {
 /* ---- 4- and 8-bit affine with AVX512-VNNI ----------------------------------------------
  * The activations are written once per call as three int8 digits per 64-column chunk
  * (fm__xq_prep_avx512: x ~ (a*2^16 + b*2^8 + c) * s with |a*2^16 + b*2^8 + c| <= 2^22, so
- * x is kept to 23 significant bits relative to the chunk's largest |x|). Each weight byte
- * chunk (32 bytes = 64 values) becomes one vector of 64 unsigned bytes (low nibbles, then
- * high nibbles: even then odd columns, the order the digits are stored in), and
- * vpdpbusd gives exact integer dot products, combined as ((a.q << 8) + b.q << 8) + c.q
- * (at most 2^28 in magnitude), converted to float once per chunk and scaled by
- * scale_g * s. 8-bit weights are the digits as stored (column order). The bias term is
+ * x is kept to 23 significant bits relative to the chunk's largest |x|), and vpdpbusd
+ * gives exact integer dot products of the weights with each digit, combined as
+ * ((a.q << 8) + b.q << 8) + c.q, converted to float and scaled by scale_g * s.
+ * 4 bits: two chunks (64 weight bytes, 128 columns) per step: one 64-byte load gives the
+ * low nibbles (even columns of both chunks) and the high nibbles (odd columns); each digit
+ * is stored as the matching two vectors (even columns of chunk 2p then of 2p+1, then the
+ * odd columns), so 32-bit lanes 0-7 hold chunk 2p and lanes 8-15 chunk 2p+1, 8 columns
+ * each (sums at most 2^30 in magnitude). A last odd chunk is stored and computed alone
+ * (32-byte load; its even columns, then its odd ones).
+ * 8-bit weights are the digits as stored (column order). The bias term is
  * sum_g bias_g * xsum_g as on the other paths. */
 
 void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int8_t *xq, float *s) {
@@ -63,9 +67,20 @@ void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int8_t *xq, floa
         __m512 m = _mm512_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)),
                                  _mm512_max_ps(_mm512_abs_ps(x2), _mm512_abs_ps(x3)));
         float amax = _mm512_reduce_max_ps(m);
+        /* where digit d's even (i = 0, 1) and odd (i = 2, 3) column vectors go */
         int8_t *o = xq + c * 192;
+        int64_t ev_at = 0, od_at = 32, dstep = 64;
+        if (inter && c < (cols / 64 & ~(int64_t)1)) { /* 4 bits, chunk of a pair */
+            o = xq + (c >> 1) * 384 + (c & 1) * 32;
+            ev_at = 0;
+            od_at = 64;
+            dstep = 128;
+        }
         if (!(amax <= 3.0e38f) || amax == 0) { /* Inf/NaN (propagated through s) or zeros */
-            memset(o, 0, 192);
+            for (int d = 0; d < 3; d++) {
+                memset(o + d * dstep + ev_at, 0, 32);
+                memset(o + d * dstep + od_at, 0, 32);
+            }
             s[c] = amax == 0 ? 0.0f : NAN;
             continue;
         }
@@ -87,28 +102,17 @@ void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int8_t *xq, floa
             q = _mm512_srai_epi32(_mm512_sub_epi32(q, lo), 8);
             __m512i mid = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q, c128), c255), c128);
             __m512i hi = _mm512_srai_epi32(_mm512_sub_epi32(q, mid), 8);
-            _mm_storeu_si128((__m128i *)(o + i * 16), _mm512_cvtepi32_epi8(hi));
-            _mm_storeu_si128((__m128i *)(o + 64 + i * 16), _mm512_cvtepi32_epi8(mid));
-            _mm_storeu_si128((__m128i *)(o + 128 + i * 16), _mm512_cvtepi32_epi8(lo));
+            int64_t at = (i < 2 ? ev_at : od_at) + (i & 1) * 16;
+            _mm_storeu_si128((__m128i *)(o + at), _mm512_cvtepi32_epi8(hi));
+            _mm_storeu_si128((__m128i *)(o + dstep + at), _mm512_cvtepi32_epi8(mid));
+            _mm_storeu_si128((__m128i *)(o + 2 * dstep + at), _mm512_cvtepi32_epi8(lo));
         }
     }
 }
 
-/* Scale vector of 64-column chunk c for group size G: lanes follow the digit order (lanes
- * 0-7 even columns 0..62, lanes 8-15 odd columns 1..63, 8 columns per lane). */
-static inline __attribute__((always_inline)) __m512 chunk_scales(const void *scales, fm__dtype sdt,
-                                                                  int64_t base, int64_t c, const int G) {
-    if (G == 128) return _mm512_set1_ps(fm__ld_scale(scales, sdt, base + c / 2));
-    if (G == 64) return _mm512_set1_ps(fm__ld_scale(scales, sdt, base + c));
-    float a = fm__ld_scale(scales, sdt, base + 2 * c), b = fm__ld_scale(scales, sdt, base + 2 * c + 1);
-    __m256 h = _mm256_setr_ps(a, a, a, a, b, b, b, b);
-    return _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1);
-}
-
-/* sum_g bias_g * xs[g], vectorized (fixed order: 16 lanes, then the lane sum). */
-static inline __attribute__((always_inline)) float bias_dot(const void *biases, fm__dtype sdt, int64_t base,
-                                                            const float *xs, int64_t ng) {
-    __m512 acc = _mm512_setzero_ps();
+/* acc + bias_g * xs[g] for g < ng, group g in lane g mod 16 (in order of g). */
+static inline __attribute__((always_inline)) __m512 bias_fold(const void *biases, fm__dtype sdt, int64_t base,
+                                                              const float *xs, int64_t ng, __m512 acc) {
     for (int64_t g = 0; g < ng; g += 16) {
         __mmask16 k = ng - g >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ng - g)) - 1);
         __m512 bv;
@@ -121,17 +125,41 @@ static inline __attribute__((always_inline)) float bias_dot(const void *biases, 
             bv = _mm512_maskz_loadu_ps(k, (const float *)biases + base + g);
         acc = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(k, xs + g), acc);
     }
-    return _mm512_reduce_add_ps(acc);
+    return acc;
 }
 
-static inline __attribute__((always_inline)) void q4v_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy,
+/* sum_g bias_g * xs[g], vectorized (fixed order: 16 lanes, then the lane sum). */
+static inline __attribute__((always_inline)) float bias_dot(const void *biases, fm__dtype sdt, int64_t base,
+                                                            const float *xs, int64_t ng) {
+    return _mm512_reduce_add_ps(bias_fold(biases, sdt, base, xs, ng, _mm512_setzero_ps()));
+}
+
+/* Four scale-group values starting at group g (n = 1, 2 or 4 of them read; the rest 0). */
+static inline __attribute__((always_inline)) __m128 scales4(const void *base, fm__dtype sdt, int64_t g, const int n) {
+    if (sdt == FM_DT_F32) {
+        const float *f = (const float *)base + g;
+        return n == 4 ? _mm_loadu_ps(f) : n == 2 ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)f)) : _mm_load_ss(f);
+    }
+    const uint16_t *h = (const uint16_t *)base + g;
+    __m128i v = n == 4 ? _mm_loadl_epi64((const __m128i *)h) : n == 2 ? _mm_loadu_si32(h) : _mm_loadu_si16(h);
+    if (sdt == FM_DT_F16) return _mm_cvtph_ps(v);
+    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(v), 16));
+}
+
+#define VBMI __attribute__((target("avx512vbmi"))) /* the path requires it (dispatch.c) */
+
+static inline __attribute__((always_inline)) VBMI void q4v_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy,
                                                          const fm__kargs *ka, int64_t b0, const int NB,
                                                          const int G) {
-    const int64_t C = W->cols, nc = C / 64, ng = C / G;
+    const int64_t C = W->cols, nc = C / 64, np = nc / 2, ng = C / G;
     const fm__dtype sdt = W->sdt;
     const void *scales = W->scales;
     const uint8_t *row = (const uint8_t *)W->data + r * (C / 2);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    /* lane -> entry of the 4-value multiplier: G = 32: lanes 4i..4i+3 take group i of the
+     * pair's four; G = 64 and 128: lanes 0-7 chunk 2p, lanes 8-15 chunk 2p+1 */
+    const __m512i sidx = G == 32 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+                                 : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const int8_t *xq[KB];
     const float *xqs[KB];
     __m512 acc[KB];
@@ -141,25 +169,55 @@ static inline __attribute__((always_inline)) void q4v_nb(const fm__mat *W, int64
         xqs[b] = ka->xqs + (b0 + b) * ka->ldxqs;
         acc[b] = _mm512_setzero_ps();
     }
-    for (int64_t c = 0; c < nc; c++) {
-        if ((c & 1) == 0) _mm_prefetch((const char *)(row + c * 32) + FM_PF, _MM_HINT_T0);
-        __m256i v = _mm256_loadu_si256((const __m256i *)(row + c * 32));
-        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-        __m512 sw = chunk_scales(scales, sdt, r * ng, c, G);
+    for (int64_t p = 0; p < np; p++) {
+        _mm_prefetch((const char *)(row + p * 64) + FM_PF, _MM_HINT_T0);
+        __m512i v = _mm512_loadu_si512(row + p * 64);
+        __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        __m128 sc = G == 32 ? scales4(scales, sdt, r * ng + 4 * p, 4)
+                  : G == 64 ? scales4(scales, sdt, r * ng + 2 * p, 2)
+                            : _mm_set1_ps(fm__ld_scale(scales, sdt, r * ng + p));
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) {
-            const int8_t *p = xq[b] + c * 192;
-            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(p));
-            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 64));
-            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 128));
+            const int8_t *x = xq[b] + p * 384;
+            __m128 xs = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(xqs[b] + 2 * p)));
+            if (G == 32) xs = _mm_unpacklo_ps(xs, xs);
+            __m512 m = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(_mm_mul_ps(sc, xs)));
+            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x));
+            t = _mm512_dpbusd_epi32(t, hi, _mm512_loadu_si512(x + 64));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), lo, _mm512_loadu_si512(x + 128));
+            t = _mm512_dpbusd_epi32(t, hi, _mm512_loadu_si512(x + 192));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), lo, _mm512_loadu_si512(x + 256));
+            t = _mm512_dpbusd_epi32(t, hi, _mm512_loadu_si512(x + 320));
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), m, acc[b]);
+        }
+    }
+    if (nc & 1) { /* last chunk alone: low nibbles then high nibbles of its 32 bytes */
+        const int64_t c = nc - 1;
+        const __m256i m4h = _mm256_set1_epi8(0x0F);
+        __m256i v = _mm256_loadu_si256((const __m256i *)(row + c * 32));
+        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4h)),
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4h), 1);
+        __m512 sw;
+        if (G == 32) { /* lanes 0-3 and 8-11: group 2c, lanes 4-7 and 12-15: group 2c+1 */
+            float a = fm__ld_scale(scales, sdt, r * ng + 2 * c), bb = fm__ld_scale(scales, sdt, r * ng + 2 * c + 1);
+            __m256 h = _mm256_setr_ps(a, a, a, a, bb, bb, bb, bb);
+            sw = _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1);
+        } else {
+            sw = _mm512_set1_ps(fm__ld_scale(scales, sdt, r * ng + c * 64 / G));
+        }
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; b++) {
+            const int8_t *x = xq[b] + c * 192;
+            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(x + 64));
+            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(x + 128));
             acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sw, _mm512_set1_ps(xqs[b][c])), acc[b]);
         }
     }
 #pragma GCC unroll 4
-    for (int b = 0; b < NB; b++)
-        Y[(b0 + b) * ldy + r] = _mm512_reduce_add_ps(acc[b]) +
-                                bias_dot(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng);
+    for (int b = 0; b < NB; b++) /* the bias terms join the lanes: one lane sum per output */
+        Y[(b0 + b) * ldy + r] = _mm512_reduce_add_ps(
+            bias_fold(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng, acc[b]));
 }
 
 /* 8 bits: the weight bytes are the unsigned digits in column order; the high activation
@@ -230,8 +288,6 @@ static void qgen_init(qgen_tab *t, int bits) {
     t->ld = bits >= 8 ? ~(__mmask64)0 : (((__mmask64)1 << (8 * bits)) - 1);
 }
 
-#define VBMI __attribute__((target("avx512vbmi"))) /* the path requires it (dispatch.c) */
-
 static inline __attribute__((always_inline)) VBMI void qgv_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy,
                                                          const fm__kargs *ka, const qgen_tab *tb, int64_t b0,
                                                          const int NB, const int G) {
@@ -293,7 +349,7 @@ static inline __attribute__((always_inline)) VBMI void qgv_rows(const fm__mat *W
     }
 }
 
-static inline __attribute__((always_inline)) void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
+static inline __attribute__((always_inline)) VBMI void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
                                                            float *Y, int64_t ldy, const fm__kargs *ka, const int G) {
     for (int64_t r = r0; r < r1; r++) {
         int64_t b = 0;
