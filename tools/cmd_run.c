@@ -1,15 +1,15 @@
 /* cmd_run.c: flash-moe run: generates from one prompt and streams the answer to stdout.
  * The chat template is applied by default (one user message, optional system message);
- * --raw feeds the text as is. --stats prints speed, cache, memory and repetition figures
+ * --raw feeds the text as is. Sampling defaults come from the model's generation_config.json
+ * unless a flag sets them. --stats prints speed, cache, memory and repetition figures
  * to stderr. Ctrl-C stops generation and still prints the statistics. */
 #include "cli.h"
 #include "model.h"
 #include "sampler.h"
 #include "genconfig.h"
 
-#include <math.h>
-
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,6 +131,10 @@ static uint32_t gen_given(int argc, char **argv, const cli_opt *opts, int n_opts
     return given;
 }
 
+/* Generation parameters for run and chat (declared in tools/cmd_chat.c): *gp holds the
+ * values after parsing (flags or the command's defaults); each sampling field no flag set
+ * explicitly takes the value of dir/generation_config.json when the file has one. verbose
+ * prints every value with its source. Returns false (error printed) on a malformed file. */
 bool gen_resolve_params(const char *dir, int argc, char **argv, const cli_opt *opts, int n_opts,
                         fm_gen_params *gp, int verbose) {
     fm_gen_defaults d;
