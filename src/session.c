@@ -65,7 +65,7 @@ static void begin_call(fm_session *s) {
     atomic_store(&s->cancel, 0);
 }
 
-static int cancel_requested(fm_session *s) { return atomic_load_explicit(&s->cancel, memory_order_relaxed); }
+static int cancel_requested(fm_session *s) { return atomic_load(&s->cancel); }
 
 static void fill_memory(const fm_session *s, fm_stats *o) {
     fm__ecache *c = fm__model_cache(s->m);
@@ -183,9 +183,10 @@ static fm_status sync_state(fm_session *s) {
     if (st != FM_OK) {
         /* keep the invariant: hold only what the state has processed */
         s->n_toks = (size_t)fm__state_pos(s->st);
-        if (st == FM_ERR_CANCELLED)
+        if (st == FM_ERR_CANCELLED) /* logits_ok is right: set by the last chunk run, if any */
             return fm__err(st, "prefill cancelled after %lld of %lld tokens", (long long)done,
                            (long long)total);
+        s->logits_ok = 0;
         return st;
     }
     return FM_OK;
