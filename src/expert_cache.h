@@ -182,7 +182,10 @@ void fm__ec_log_plan(const fm__ec_plan *p, const fm__expert_map *map, int level)
 
 /* Packed store. Path of the store for map under dir (caller frees). */
 char *fm__store_path(const fm__expert_map *map, const char *dir);
-/* Writes (or rewrites) the packed store of map under dir. progress (may be NULL) is
+/* Writes (or rewrites) the packed store of map under dir. First cleans dir as
+ * fm__store_gc does (expert_store.h): stale stores and abandoned pack files no process
+ * holds go, and with a size cap (FM_CACHE_MAX) the least recently used stores go until the
+ * new store fits; a failed clean-up does not stop the pack. progress (may be NULL) is
  * called with done/total experts. Writes to a temporary file and renames it into place,
  * so a crash never leaves a store that looks valid. */
 typedef void (*fm__progress_fn)(void *user, int64_t done, int64_t total);
