@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # t_genconfig.sh: `flash-moe run` and `chat` take their sampling defaults from the model's
 # generation_config.json, explicit flags override them, --stats names each value's source,
-# and a malformed file stops the command with a message naming the file or the field.
+# `flash-moe info` shows them with their source, and a malformed file stops the command
+# with a message naming the file or the field.
 cd "${FM_ROOT:-.}" || exit 1
 BIN=${FM_BIN:-build/flash-moe}
 ok() { echo "ok - $*"; }
@@ -61,3 +62,26 @@ gen '{"do_sample": true, "top_k": "20"}'
 rc=$?
 check "wrong type: chat exits 1 naming the field" \
     bash -c "[ $rc -eq 1 ] && grep -q 'generation_config.json: field top_k: expected an integer' '$tmp/f.err'"
+
+# `flash-moe info` shows the generation defaults with each value's source.
+info() { "$BIN" info "$m" --cache-dir "" "$@" 2>/dev/null; }
+gen '{"do_sample": true, "temperature": 5.0, "top_k": 0, "max_new_tokens": 3, "eos_token_id": [4095, 4093]}'
+info >"$tmp/i1"
+check "info: the file's values with their source (do_sample: transformers' top_p 1), library defaults for the rest" \
+    grep -q '^generation .*temperature 5 (generation_config.json), top_p 1 (generation_config.json), top_k 0 (generation_config.json), min_p 0 (default).*max_tokens 3 (generation_config.json), eos 4095,4093 (generation_config.json)' "$tmp/i1"
+info --config-only >"$tmp/i2"
+check "info --config-only: the same generation line" \
+    bash -c "grep '^generation ' '$tmp/i1' >'$tmp/i1g' && grep '^generation ' '$tmp/i2' | cmp -s - '$tmp/i1g'"
+gen '{"temperature": 0.9, "top_p": 0.5}'
+info >"$tmp/i3"
+check "info: no do_sample in the file: greedy, top_p from the file" \
+    grep -q '^generation .*temperature 0 (generation_config.json, no do_sample), top_p 0.5 (generation_config.json)' "$tmp/i3"
+rm "$m/generation_config.json"
+info >"$tmp/i4"
+check "info: no file: says so, and shows the library defaults" \
+    grep -q '^generation .*no generation_config.json; library defaults: temperature 0 (default)' "$tmp/i4"
+gen '{"do_sample": true, "top_p": 2}'
+"$BIN" info "$m" --cache-dir "" >"$tmp/i5" 2>"$tmp/i5.err"
+rc=$?
+check "info: a malformed file: the rest is printed, exit 1 naming the field" \
+    bash -c "[ $rc -eq 1 ] && grep -q '^plan ' '$tmp/i5' && grep -q 'generation_config.json: field top_p' '$tmp/i5.err'"

@@ -1,10 +1,12 @@
 /* cmd_info.c: flash-moe info MODEL: architecture, main dimensions, bytes of resident
- * weights, bytes per expert and of all experts, and the memory plan for the given
- * --mem-limit / --capacity. --config-only estimates the sizes from config.json alone
- * (no weights needed), e.g. for the configs of published checkpoints. */
+ * weights, bytes per expert and of all experts, the memory plan for the given
+ * --mem-limit / --capacity, and the generation defaults of generation_config.json with
+ * each value's source. --config-only estimates the sizes from config.json alone (no
+ * weights needed), e.g. for the configs of published checkpoints. */
 #include "cli.h"
 #include "arch.h"
 #include "config.h"
+#include "genconfig.h"
 #include "model.h"
 
 #include <stdio.h>
@@ -25,6 +27,22 @@ static double mat_bytes(const fm__config *c, const char *module, double rows, do
     if (fm__quant_for(&c->quant, module, &bits, &group))
         return rows * cols * bits / 8.0 + 2.0 * rows * (cols / group) * es;
     return rows * cols * es;
+}
+
+/* Prints the "generation" line: the model's generation defaults as transformers reads
+ * generation_config.json, each value with its source (the file, or the library default).
+ * Returns 1 (after printing why) if the file is malformed, as run and chat then refuse it. */
+static int print_gen_defaults(const char *dir) {
+    fm_gen_defaults d;
+    if (fm_gen_defaults_load(dir, &d) != FM_OK) {
+        printf("generation             unreadable: %s\n", fm_last_error());
+        return cli_fail("cannot read the generation defaults");
+    }
+    char line[640];
+    fm__gen_describe(&d.params, &d, 0, line, sizeof line);
+    if (d.found) printf("generation             %s\n", line);
+    else printf("generation             no generation_config.json; library defaults: %s\n", line);
+    return 0;
 }
 
 static int config_only(const char *dir, const cli_model_opts *mo) {
@@ -100,6 +118,7 @@ static int config_only(const char *dir, const cli_model_opts *mo) {
         printf("plan                   capacity %d of %d experts per layer (%.0f%%), cache %s\n", cap,
                c->n_experts, 100.0 * cap / c->n_experts, mib(expert * n_moe * cap, b1, sizeof b1));
     }
+    if (print_gen_defaults(dir)) rc = 1;
     fm__config_free(c);
     return rc;
 }
@@ -138,6 +157,7 @@ int cmd_info(int argc, char **argv) {
     printf("plan                   capacity %d of %d experts per layer (%.0f%%), budget %s, cache %s\n",
            pl->capacity, in.n_experts, 100.0 * pl->fraction, mib((double)pl->budget, b1, sizeof b1),
            mib((double)pl->cache_bytes, b2, sizeof b2));
+    int rc = print_gen_defaults(dir);
     fm_model_free(m);
-    return 0;
+    return rc;
 }
