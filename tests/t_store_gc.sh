@@ -2,7 +2,8 @@
 # t_store_gc.sh: creating a packed expert store cleans the cache directory: stores whose
 # model was deleted or changed go, live ones stay, files that are not stores are never
 # touched, a store another process holds (flock) is skipped; `flash-moe cache list|clean`
-# show and remove them, with an LRU size cap. Real files: copies of a small fixture model.
+# show and remove them, with an LRU size cap (also FM_CACHE_MAX and --cache-max when a store
+# is created). Real files: copies of a small fixture model.
 cd "${FM_ROOT:-.}" || exit 1
 BIN=${FM_BIN:-build/flash-moe}
 ok() { echo "ok - $*"; }
@@ -88,6 +89,27 @@ check "FM_CACHE_MAX: creating a store evicts the others, never the new one" \
     bash -c "[ -f '$se' ] && [ ! -e '$sb2' ]"
 check "everything that is not ours is still there" \
     bash -c "[ -f '$cache/notes.txt' ] && [ -f '$cache/0123456789abcdef.fmstore' ]"
+
+# --cache-max (every model command): the same cap from the command line, over FM_CACHE_MAX.
+cache2=$tmp/cache2
+for m in g h i j; do cp -r "$fx" "$tmp/$m"; done
+pack2() { env -u FM_CACHE_MAX "$BIN" pack "$tmp/$1" --cache-dir "$cache2" 2>>"$tmp/pack.err" | tail -1; }
+sg=$(pack2 g); sh=$(pack2 h)
+sz=$(stat -c %s "$sg")
+touch -d '2 days ago' "$sg"
+touch -d '1 hour ago' "$sh"
+env -u FM_CACHE_MAX "$BIN" eval "$tmp/i" --tokens 1,2,3 -o "$tmp/logits_i" --capacity 2 \
+    --cache-dir "$cache2" --cache-max $((sz * 5 / 2)) 2>"$tmp/eval_i.err"
+si=$("$BIN" cache list --cache-dir "$cache2" | grep "^live .*$tmp/i " | awk '{print $NF}')
+check "--cache-max below three stores: eval evicts the least recently used, keeps the newer and the new" \
+    bash -c "[ -n '$si' ] && [ -f '$si' ] && [ ! -e '$sg' ] && [ -f '$sh' ]"
+check "--cache-max: the eviction is reported with the cap" \
+    grep -q "removed .*$(basename "$sg").*least recently used, over the $(awk "BEGIN{printf \"%.1f\", $sz * 5 / 2 / 1048576}") MiB cap" "$tmp/eval_i.err"
+FM_CACHE_MAX=1 "$BIN" info "$tmp/j" --capacity 2 --cache-dir "$cache2" --cache-max $((sz * 10)) \
+    >/dev/null 2>"$tmp/info_j.err"
+sj=$("$BIN" cache list --cache-dir "$cache2" | grep "^live .*$tmp/j " | awk '{print $NF}')
+check "--cache-max overrides FM_CACHE_MAX: info creates a store and evicts nothing under the larger cap" \
+    bash -c "[ -n '$sj' ] && [ -f '$sj' ] && [ -f '$sh' ] && [ -f '$si' ]"
 
 # A store a running flash-moe has open is in use (every open holds its lock).
 cp -r "$fx" "$tmp/f"

@@ -32,6 +32,7 @@ typedef struct cli_model_opts {
     int64_t mem_limit;
     const char *profile;
     const char *cache_dir;
+    int64_t cache_max;       /* size cap of the store directory; 0 = FM_CACHE_MAX or none */
     const char *miss_policy; /* "exact" or "skip" */
     int32_t threads;
     int32_t ctx;
@@ -43,13 +44,16 @@ typedef struct cli_model_opts {
     {"--mem-limit", NULL, CLI_SIZE, &(mo)->mem_limit, "total memory budget, e.g. 8G (0 = automatic)"}, \
     {"--profile", NULL, CLI_STR, &(mo)->profile, "profile JSON whose universal experts are pinned"}, \
     {"--cache-dir", NULL, CLI_STR, &(mo)->cache_dir, "packed expert store directory (\"\" = none)"}, \
+    {"--cache-max", NULL, CLI_SIZE, &(mo)->cache_max, "size cap of the store directory, e.g. 100G: creating a store evicts the least recently used ones (0 = $FM_CACHE_MAX, else none)"}, \
     {"--miss-policy", NULL, CLI_STR, &(mo)->miss_policy, "exact | skip (skip is approximate and counted)"}, \
     {"--threads", "-t", CLI_INT, &(mo)->threads, "compute threads (0 = all cores)"}, \
     {"--ctx", NULL, CLI_INT, &(mo)->ctx, "context length in tokens (0 = min(model, 4096))"}, \
     {"--stats", NULL, CLI_FLAG, &(mo)->stats, "print cache and speed statistics to stderr"}
 
 void cli_model_opts_default(cli_model_opts *mo);
-/* Converts to library params; returns false (after printing why) on a bad value. */
+/* Converts to library params; returns false (after printing why) on a bad value. A
+ * --cache-max above 0 is passed on as FM_CACHE_MAX in the environment, which the store
+ * reads when it creates a store (it overrides a FM_CACHE_MAX already set). */
 bool cli_model_params(const cli_model_opts *mo, fm_model_params *p);
 
 /* Parses argv[start..argc). Positional arguments are collected into pos (up to max_pos).
@@ -73,6 +77,12 @@ fm_model *gen_open_model_progress(const char *dir, const cli_model_opts *mo);
 /* Prints generation statistics (tokens, speed, cache, memory, repetition) to stderr
  * (tools/cmd_run.c). text/len: the generated text for the repetition measures, or NULL. */
 void gen_print_stats(const fm_stats *st, int finish, const char *text, size_t len);
+/* Generation parameters: explicit flags (those of opts found in argv), then the model's
+ * generation_config.json, then the defaults already in *gp; verbose prints each value's
+ * source to stderr. Returns false (after printing why) if the file is malformed
+ * (tools/cmd_run.c). */
+bool gen_resolve_params(const char *dir, int argc, char **argv, const cli_opt *opts, int n_opts,
+                        fm_gen_params *gp, int verbose);
 
 /* Subcommands: each lives in tools/cmd_<name>.c. */
 int cmd_info(int argc, char **argv);
@@ -83,6 +93,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_profile(int argc, char **argv);
 int cmd_pack(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);

@@ -16,11 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Generation parameters: explicit flags, then the model's generation_config.json, then
- * the defaults already in *gp; verbose prints each value's source (tools/cmd_run.c). */
-bool gen_resolve_params(const char *dir, int argc, char **argv, const cli_opt *opts, int n_opts,
-                        fm_gen_params *gp, int verbose);
-
 /* ---- loading progress ------------------------------------------------------------- */
 
 typedef struct {

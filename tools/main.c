@@ -4,8 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-int cmd_cache(int argc, char **argv); /* tools/cmd_cache.c */
-
 typedef struct { const char *name; int (*fn)(int, char **); const char *help; } command;
 
 static const command commands[] = {
