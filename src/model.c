@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #define MAX_BATCH 128       /* tokens per forward chunk (bounds the scratch) */
@@ -102,6 +103,7 @@ struct fm_model {
     int32_t *elist;          /* [B * top_k] (token*top_k + rank), grouped by expert */
     int32_t *uniq;           /* [n_experts] experts routed in this batch */
     fm__expert_w *ew;        /* [capacity] */
+    void *streamed;          /* the streamed resident matrices' bytes on huge pages, or NULL */
     int32_t *pidx;           /* [B] decode: the (token, rank) row of each batched expert */
     const fm__mat **mv_w;    /* [2B] fm__matvec_multi arguments */
     const float **mv_x;
@@ -308,6 +310,55 @@ static fm_status rope_table(fm_model *m) {
     return FM_OK;
 }
 
+/* Copies the arrays of matrix w into buf at *at (64-byte aligned pieces) and points w at
+ * the copies; with buf NULL only advances *at. */
+static void mat_move(fm__mat *w, char *buf, size_t *at) {
+    if (!w->data || w->rows <= 0) return;
+    const void **arr[3] = {&w->data, &w->scales, &w->biases};
+    size_t len[3] = {fm__mat_data_bytes(w), fm__mat_scale_bytes(w), fm__mat_scale_bytes(w)};
+    for (int i = 0; i < 3; i++) {
+        if (!*arr[i] || !len[i]) continue;
+        if (buf) {
+            memcpy(buf + *at, *arr[i], len[i]);
+            *arr[i] = buf + *at;
+        }
+        *at += (len[i] + 63) & ~(size_t)63;
+    }
+}
+
+/* Decode streams every resident matrix once per token (attention, router, dense or shared
+ * MLP, LM head). Read through the checkpoint's mmap they sit on 4 KiB pages, and the
+ * page walks of such long streams cost a third of the read rate here; so they are copied
+ * once into one anonymous buffer that asks for transparent huge pages (MADV_HUGEPAGE),
+ * the page cache copy staying clean and reclaimable. The bytes are the same, so results
+ * are unchanged. Skipped (the mmap views stay) if the buffer cannot be allocated or
+ * FM_HUGEPAGES=0. The token embedding stays mapped: one row of it is read per token. */
+static void streamed_to_huge_pages(fm_model *m) {
+    const char *env = getenv("FM_HUGEPAGES");
+    if (env && strcmp(env, "0") == 0) return;
+    const fm__config *c = m->cfg;
+    bool tied = m->lm_head.data == m->embed.data;
+    for (int pass = 0; pass < 2; pass++) {
+        char *buf = pass ? m->streamed : NULL;
+        size_t at = 0;
+        for (int32_t l = 0; l < c->n_layers; l++) {
+            layer_w *w = &m->layers[l];
+            fm__mat *ms[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->router, &w->mg, &w->mu, &w->md, &w->shared_gate};
+            for (size_t i = 0; i < FM_ARRAY_LEN(ms); i++) mat_move(ms[i], buf, &at);
+        }
+        mat_move(&m->lm_head, buf, &at);
+        if (pass == 0) {
+            const size_t huge = 2u << 20;
+            size_t n = (at + huge - 1) & ~(huge - 1);
+            if (n == 0 || posix_memalign(&m->streamed, huge, n) != 0) { m->streamed = NULL; return; }
+#ifdef MADV_HUGEPAGE
+            madvise(m->streamed, n, MADV_HUGEPAGE); /* advice only: 4 KiB pages still work */
+#endif
+        }
+    }
+    if (tied) m->embed = m->lm_head;
+}
+
 /* The packed store directory for fm_model_params.cache_dir: the parameter itself when set
  * ("" = no store), else $HOME/.cache/flash-moe (created by the store on first use), else
  * NULL (no HOME: no store). The store writes a temporary file and renames it into place,
@@ -362,6 +413,7 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
     for (int32_t l = 0; l < c->n_layers; l++)
         if ((rc = load_layer(m, l, &moe_idx))) return rc;
     m->resident_bytes = (int64_t)m->ld.resident_bytes;
+    streamed_to_huge_pages(m);
     m->lin_state = m->n_lin ? c->arch->linear->state_floats(c) : 0;
 
     fm__expert_map *em = &m->emap;
@@ -458,6 +510,7 @@ void fm_model_free(fm_model *m) {
             if (m->layers[l].mix) m->cfg->arch->linear->free_weights(m->layers[l].mix);
     free(m->layers);
     fm__loader_free(&m->ld);
+    free(m->streamed);
     fm__st_free(m->st);
     fm__config_free(m->cfg);
     void *bufs[] = {m->x, m->xb, m->hb, m->q, m->att, m->gate, m->qg, m->mix_scratch, m->k, m->v, m->mg_out, m->mu_out, m->rl,
