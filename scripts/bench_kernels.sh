@@ -5,8 +5,10 @@
 # layers (default 6: every per-layer shape is real, only the depth is cut so that it stays
 # resident next to other work) under .bench/ (git-ignored), then runs
 #   flash-moe bench --model DIR
-# which prints the read bandwidth (1 and all threads), the Q4/Q8/BF16 matvec GB/s next to
-# it, and the decode tok/s next to the bound (active bytes per token / bandwidth).
+# which prints the read bandwidth (1 and all threads; on 2 MiB pages, the 4 KiB-page figure
+# beside it), the Q4/Q8/BF16 matvec GB/s next to it, and the decode tok/s next to the bound
+# (active bytes per token / bandwidth), with all experts resident. The summary at the end
+# repeats the bandwidth, Q4 and DECODE VS BOUND lines. The machine should be otherwise idle.
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${FM_BIN:-build/flash-moe}
@@ -16,4 +18,8 @@ DIR=.bench/qwen3-30b-a3b-q4g64-l$LAYERS
 if [ ! -f "$DIR/config.json" ]; then
     "$BIN" synth "$DIR" --preset qwen3-30b-a3b --layers "$LAYERS" -q 4 --group 64 --seed 1
 fi
-exec "$BIN" bench --model "$DIR" --cache-dir "" --seconds 1 --decode 32 "$@"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+"$BIN" bench --model "$DIR" --cache-dir "" --seconds 1 --decode 32 "$@" | tee "$out"
+echo "---- summary"
+grep -E "^memory read bandwidth \(|^matvec Q4 g64 \(|^DECODE VS BOUND" "$out"
