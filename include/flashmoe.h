@@ -185,7 +185,8 @@ void fm_session_set_progress(fm_session *s, fm_progress_fn fn, void *user);
  * another thread while a call runs. The request lasts until the current turn ends: it is
  * cleared when fm_session_set_tokens or fm_session_append_tokens starts, or when
  * fm_session_generate starts other than right after one of them, so a cancel made after a
- * turn ended does not cancel the next turn. */
+ * turn ended does not cancel the next turn. It only stores to a lock-free atomic int, so a
+ * signal handler may call it too (flash-moe chat does on Ctrl-C). */
 void fm_session_cancel(fm_session *s);
 
 /* Sets the session's full token context to ids[0..n): the longest common prefix with what

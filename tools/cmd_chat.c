@@ -2,14 +2,16 @@
  * with libedit (history, editing) and shows progress while the model loads; with stdin
  * not a terminal it reads one user message per line. The conversation is re-rendered with
  * the chat template each turn and the session reuses the common token prefix, so only the
- * new text is prefilled. Commands: /reset, /stats, /quit (also /exit, EOF). Ctrl-C stops
- * the current answer. */
+ * new text is prefilled. Commands: /reset, /stats, /quit (also /exit, EOF). Ctrl-C during
+ * a prefill or an answer cancels that turn (fm_session_cancel from the signal handler),
+ * prints "[cancelled]" and returns to the prompt; Ctrl-C at the prompt exits. */
 #include "cli.h"
 #include "model.h"
 
 #include <editline/readline.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,14 +112,42 @@ static void convo_truncate(convo *c, size_t n) {
     while (c->n > n) free(c->owned[--c->n]);
 }
 
+/* ---- Ctrl-C ---------------------------------------------------------------------------
+ * The handler is installed only while a turn runs. It does two async-signal-safe things:
+ * sets a sig_atomic_t flag, which the progress and stream callbacks return, and calls
+ * fm_session_cancel, which does nothing but store to a lock-free atomic int (C11 allows
+ * that in a handler), so the library stops at its next cancellation point even between
+ * callbacks. SIGINT is blocked in the library's threads (they inherit the mask at model
+ * open), so it lands on this thread and interrupts a blocking write with EINTR. */
+#if ATOMIC_INT_LOCK_FREE != 2
+#error "fm_session_cancel is called from a signal handler: atomic_int must be lock-free"
+#endif
+
 static volatile sig_atomic_t interrupted;
-static void on_sigint(int sig) { (void)sig; interrupted = 1; }
+static fm_session *volatile chat_session; /* set before the handler is first installed */
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+    fm_session_cancel(chat_session);
+}
 
 static int stream_out(const char *piece, size_t len, const fm_stats *st, void *user) {
     (void)st; (void)user;
-    if (len) {
+    if (len && !interrupted) {
         fwrite(piece, 1, len, stdout);
         fflush(stdout);
+    }
+    return interrupted != 0;
+}
+
+/* Prefill progress: on a terminal, "[prefill done/total]" on stderr for prompts of more
+ * than one chunk, erased at the end. Returns the Ctrl-C flag (non-zero cancels). */
+static int prefill_progress(int64_t done, int64_t total, void *user) {
+    int *shown = user;
+    if (isatty(2) && total > 256) {
+        if (done < total) fprintf(stderr, "\r[prefill %lld/%lld tokens]", (long long)done, (long long)total);
+        else fprintf(stderr, "\r\033[K");
+        *shown = done < total;
     }
     return interrupted != 0;
 }
@@ -159,7 +189,8 @@ int cmd_chat(int argc, char **argv) {
     };
     const char *usage = "flash-moe chat [MODEL] [options]\n\n"
                         "  In the chat: /reset clears the conversation, /stats shows statistics,\n"
-                        "  /quit leaves (so does end of input). Ctrl-C stops an answer.\n"
+                        "  /quit leaves (so does end of input). Ctrl-C during a prefill or an\n"
+                        "  answer cancels it and returns to the prompt; Ctrl-C at the prompt exits.\n"
                         "  Sampling options not given take the model's generation_config.json values\n"
                         "  (as transformers reads it), else the defaults shown.";
     const char *pos[1];
@@ -185,13 +216,22 @@ int cmd_chat(int argc, char **argv) {
     if (!gen_resolve_params(dir, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), &gp,
                             mo.stats))
         return 1;
+    /* The library's threads start at model open: they inherit SIGINT blocked. */
+    sigset_t sigint_set;
+    sigemptyset(&sigint_set);
+    sigaddset(&sigint_set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigint_set, NULL);
     fm_model *m = gen_open_model_progress(dir, &mo);
+    pthread_sigmask(SIG_UNBLOCK, &sigint_set, NULL);
     if (!m) return 1;
     fm_session *s = NULL;
     if (fm_session_new(m, &s) != FM_OK) {
         fm_model_free(m);
         return cli_fail("cannot create a session");
     }
+    int progress_shown = 0;
+    fm_session_set_progress(s, prefill_progress, &progress_shown);
+    chat_session = s;
 
     int tty = isatty(0);
     if (tty) fprintf(stderr, "flash-moe chat: /reset, /stats, /quit. Ctrl-C stops an answer.\n");
@@ -201,7 +241,8 @@ int cmd_chat(int argc, char **argv) {
     if (system && convo_add(&c, "system", system) == 0) base = 1;
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
+    sa.sa_handler = on_sigint; /* no SA_RESTART: a blocking write returns at once */
+    sigemptyset(&sa.sa_mask);
     for (;;) {
         char *line = read_line(tty, "> ");
         if (!line) break;
@@ -251,12 +292,16 @@ int cmd_chat(int argc, char **argv) {
         char *text = NULL;
         fm_status st = fm_session_chat(s, c.v, c.n, NULL, NULL, &gp, stream_out, NULL, &text);
         sigaction(SIGINT, &old, NULL);
+        if (progress_shown) fprintf(stderr, "\r\033[K");
+        progress_shown = 0;
+        clearerr(stdout); /* a write interrupted by Ctrl-C */
         printf("\n");
+        if (st == FM_ERR_CANCELLED) printf("[cancelled]\n");
         fflush(stdout);
         if (st == FM_OK) {
             if (convo_add(&c, "assistant", text ? text : "") != 0) convo_truncate(&c, before);
         } else if (st == FM_ERR_CANCELLED) {
-            fprintf(stderr, "(answer stopped; it is not kept in the conversation)\n");
+            fprintf(stderr, "(turn cancelled; it is not kept in the conversation)\n");
             convo_truncate(&c, before);
         } else {
             cli_fail("chat turn failed");
