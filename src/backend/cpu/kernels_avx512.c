@@ -225,6 +225,84 @@ static inline __attribute__((always_inline)) VBMI void q4v_nb(const fm__mat *W, 
             bias_fold(W->biases, sdt, r * ng, ka->xs + (b0 + b) * ka->ldxs, ng, acc[b]));
 }
 
+/* Decode (one batch row b0): NR consecutive rows r.. together, each with exactly
+ * q4v_nb's arithmetic (so the same bits), sharing the activation digit loads. */
+#define NRMAX 4
+static inline __attribute__((always_inline)) VBMI void q4v_rn(const fm__mat *W, int64_t r, float *Y,
+                                                         const fm__kargs *ka, int64_t b0, const int NR, const int G) {
+    const int64_t C = W->cols, nc = C / 64, np = nc / 2, ng = C / G;
+    const fm__dtype sdt = W->sdt;
+    const void *scales = W->scales;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i sidx = G == 32 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+                                 : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const int8_t *xq = ka->xq + b0 * ka->ldxq;
+    const float *xqs = ka->xqs + b0 * ka->ldxqs;
+    const uint8_t *row[NRMAX];
+    __m512 acc[NRMAX];
+#pragma GCC unroll 4
+    for (int k = 0; k < NR; k++) {
+        row[k] = (const uint8_t *)W->data + (r + k) * (C / 2);
+        acc[k] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < np; p++) {
+        __m512i lo[NRMAX], hi[NRMAX], t[NRMAX];
+        __m512 ms[NRMAX];
+        const int8_t *x = xq + p * 384;
+        __m128 xs = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(xqs + 2 * p)));
+        if (G == 32) xs = _mm_unpacklo_ps(xs, xs);
+#pragma GCC unroll 4
+        for (int k = 0; k < NR; k++) {
+            _mm_prefetch((const char *)(row[k] + p * 64) + FM_PF4, _MM_HINT_T1);
+            __m512i v = _mm512_loadu_si512(row[k] + p * 64);
+            lo[k] = _mm512_and_si512(v, m4);
+            hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            int64_t g = (r + k) * ng;
+            __m128 sc = G == 32 ? scales4(scales, sdt, g + 4 * p, 4)
+                      : G == 64 ? scales4(scales, sdt, g + 2 * p, 2)
+                                : _mm_set1_ps(fm__ld_scale(scales, sdt, g + p));
+            ms[k] = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(_mm_mul_ps(sc, xs)));
+            t[k] = _mm512_setzero_si512();
+        }
+#pragma GCC unroll 3
+        for (int d = 0; d < 3; d++) {
+            __m512i d0 = _mm512_loadu_si512(x + d * 128), d1 = _mm512_loadu_si512(x + d * 128 + 64);
+#pragma GCC unroll 4
+            for (int k = 0; k < NR; k++)
+                t[k] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(d ? _mm512_slli_epi32(t[k], 8) : t[k], lo[k], d0), hi[k], d1);
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < NR; k++) acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[k]), ms[k], acc[k]);
+    }
+    if (nc & 1) { /* the last chunk: as q4v_nb does it */
+        const int64_t c = nc - 1;
+        const __m256i m4h = _mm256_set1_epi8(0x0F);
+        const int8_t *x = xq + c * 192;
+#pragma GCC unroll 4
+        for (int k = 0; k < NR; k++) {
+            const int64_t rr = r + k;
+            __m256i v = _mm256_loadu_si256((const __m256i *)(row[k] + c * 32));
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4h)),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m4h), 1);
+            __m512 sw;
+            if (G == 32) {
+                float a = fm__ld_scale(scales, sdt, rr * ng + 2 * c), bb = fm__ld_scale(scales, sdt, rr * ng + 2 * c + 1);
+                __m256 h = _mm256_setr_ps(a, a, a, a, bb, bb, bb, bb);
+                sw = _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1);
+            } else {
+                sw = _mm512_set1_ps(fm__ld_scale(scales, sdt, rr * ng + c * 64 / G));
+            }
+            __m512i tt = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x));
+            tt = _mm512_dpbusd_epi32(_mm512_slli_epi32(tt, 8), q, _mm512_loadu_si512(x + 64));
+            tt = _mm512_dpbusd_epi32(_mm512_slli_epi32(tt, 8), q, _mm512_loadu_si512(x + 128));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_mul_ps(sw, _mm512_set1_ps(xqs[c])), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < NR; k++)
+        Y[r + k] = _mm512_reduce_add_ps(bias_fold(W->biases, sdt, (r + k) * ng, ka->xs + b0 * ka->ldxs, ng, acc[k]));
+}
+
 /* 8 bits: the weight bytes are the unsigned digits in column order; the high activation
  * digit is kept apart (sum q*a up to 2^17, times 2^16 in float) so nothing overflows. */
 static inline __attribute__((always_inline)) void q8v_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy,
@@ -356,6 +434,12 @@ static inline __attribute__((always_inline)) VBMI void qgv_rows(const fm__mat *W
 
 static inline __attribute__((always_inline)) VBMI void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n,
                                                            float *Y, int64_t ldy, const fm__kargs *ka, const int G) {
+    if (n == 1) { /* decode: rows in fours */
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) q4v_rn(W, r, Y, ka, 0, 4, G);
+        for (; r < r1; r++) q4v_nb(W, r, Y, ldy, ka, 0, 1, G);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         int64_t b = 0;
         for (; b + KB <= n; b += KB) q4v_nb(W, r, Y, ldy, ka, b, KB, G);
