@@ -234,7 +234,7 @@ int cmd_chat(int argc, char **argv) {
     chat_session = s;
 
     int tty = isatty(0);
-    if (tty) fprintf(stderr, "flash-moe chat: /reset, /stats, /quit. Ctrl-C stops an answer.\n");
+    if (tty) fprintf(stderr, "flash-moe chat: /reset, /stats, /quit. Ctrl-C cancels a turn.\n");
     convo c = {0};
     size_t base = 0;
     int ret = 0;
