@@ -51,9 +51,9 @@ static double read_bw(fm__pool *p, const uint64_t *buf, uint64_t bytes, double s
 }
 
 /* n bytes, 2 MiB aligned, asking the kernel for transparent huge pages (huge != 0) or
- * refusing them. The model's streamed weights are on huge pages (model.c) and page walks
- * on 4 KiB pages cost much of the read rate, so the bandwidth, the kernels and the bound
- * are measured on huge pages; the 4 KiB figure is printed for reference. free() it. */
+ * refusing them. The model's streamed weights are on huge pages (model.c), where page
+ * walks cost less of the read rate, so the kernels are measured on huge pages and the
+ * bandwidth on both (the bound takes the best figure). free() it. */
 static void *big_alloc(size_t n, int huge) {
     const size_t h = 2u << 20;
     void *p = NULL;
@@ -114,8 +114,7 @@ static double matvec_bw(fm__pool *p, const fm__mat *m, double seconds) {
     return best;
 }
 
-static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, double bw_all, double bw_4k,
-                       double seconds);
+static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, double bw_all, double seconds);
 
 int cmd_bench(int argc, char **argv) {
     cli_model_opts mo;
@@ -149,10 +148,11 @@ int cmd_bench(int argc, char **argv) {
         bw[huge][1] = read_bw(pn, buf, BW_BYTES, seconds);
         free(buf);
     }
-    double bw1 = bw[1][0], bwn = bw[1][1];
-    printf("memory read bandwidth (%llu MiB buffer, 2 MiB pages): %.1f GB/s with 1 thread, %.1f GB/s with %d threads "
-           "(on 4 KiB pages: %.1f and %.1f GB/s)\n",
-           (unsigned long long)(BW_BYTES >> 20), bw1, bwn, nt, bw[0][0], bw[0][1]);
+    /* The bound uses the best figure seen: on a shared VM the rate moves between runs. */
+    double bw1 = FM_MAX(bw[0][0], bw[1][0]), bwn = FM_MAX(bw[0][1], bw[1][1]);
+    printf("memory read bandwidth (%llu MiB buffer, best of 2 MiB and 4 KiB pages): %.1f GB/s with 1 thread, "
+           "%.1f GB/s with %d threads (2 MiB pages: %.1f and %.1f; 4 KiB pages: %.1f and %.1f)\n",
+           (unsigned long long)(BW_BYTES >> 20), bw1, bwn, nt, bw[1][0], bw[1][1], bw[0][0], bw[0][1]);
 
     static const struct { const char *name; fm__wtype t; int bits; int64_t rows, cols; } mats[] = {
         /* 2048 columns: the hidden size of Qwen3-30B-A3B (most of its decode bytes) */
@@ -176,7 +176,7 @@ int cmd_bench(int argc, char **argv) {
     }
     fm__pool_free(p1);
     fm__pool_free(pn);
-    if (model) return bench_model(model, &mo, n_decode, bwn, bw[0][1], seconds);
+    if (model) return bench_model(model, &mo, n_decode, bwn, seconds);
     return 0;
 }
 
@@ -207,8 +207,7 @@ static double embed_bytes(const char *dir, const fm_model_info *info, int *tied)
     return bytes;
 }
 
-static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, double bw_all, double bw_4k,
-                       double seconds) {
+static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, double bw_all, double seconds) {
     fm_model_params mp;
     if (!cli_model_params(mo, &mp)) return 2;
     fm_model *m = NULL;
@@ -300,10 +299,8 @@ static int bench_model(const char *dir, const cli_model_opts *mo, int n_decode, 
         printf("expert cache during decode: %lld hits, %lld misses, %.1f MB read\n", (long long)(s1.hits - s0.hits),
                (long long)(s1.misses - s0.misses), (s1.bytes_read - s0.bytes_read) / 1e6);
     printf("DECODE VS BOUND: %.2f tok/s (median token) = %.0f%% of the bound %.2f tok/s "
-           "(%.1f MB of weights per token at %.1f GB/s, 2 MiB pages, %d threads); "
-           "against the 4 KiB-page bandwidth %.1f GB/s: %.0f%%\n",
-           1 / median, 100 * (1 / median) / bound, bound, active / 1e6, bw_all, nt, bw_4k,
-           100 * (1 / median) / (bw_4k * 1e9 / active));
+           "(%.1f MB of weights per token at %.1f GB/s, the best read rate measured, %d threads)\n",
+           1 / median, 100 * (1 / median) / bound, bound, active / 1e6, bw_all, nt);
     rc = 0;
 out:
     free(logits);
