@@ -29,12 +29,14 @@
 #include "safetensors.h"
 #include "tokenizer.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_BATCH 128       /* tokens per forward chunk (bounds the scratch) */
 #define MAX_HEAD_DIM 1024
@@ -310,9 +312,28 @@ static fm_status rope_table(fm_model *m) {
     return FM_OK;
 }
 
-/* Copies the arrays of matrix w into buf at *at (64-byte aligned pieces) and points w at
- * the copies; with buf NULL only advances *at. */
-static void mat_move(fm__mat *w, char *buf, size_t *at) {
+/* Drops the whole pages of [p, p + n) from our mapping of the checkpoint and from the page
+ * cache, once their bytes have been copied, so the copy does not count twice against the
+ * memory budget (RSS and page cache). Only ranges inside one of the read-only file
+ * mappings are touched; the pages would simply fault in again from the file if read. */
+static void release_mapped(const fm__st_set *st, const void *p, size_t n) {
+    const uint8_t *b = p;
+    for (int32_t f = 0; f < st->n_files; f++) {
+        const fm__st_file *sf = &st->files[f];
+        if (!sf->map || b < sf->map || n > sf->size || (size_t)(b - sf->map) > sf->size - n) continue;
+        const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t lo = ((uintptr_t)b + pg - 1) & ~(pg - 1), hi = ((uintptr_t)b + n) & ~(pg - 1);
+        if (hi > lo) {
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+            posix_fadvise(sf->fd, (off_t)(lo - (uintptr_t)sf->map), (off_t)(hi - lo), POSIX_FADV_DONTNEED);
+        }
+        return;
+    }
+}
+
+/* Copies the arrays of matrix w into buf at *at (64-byte aligned pieces), points w at the
+ * copies and releases the mapped source pages; with buf NULL only advances *at. */
+static void mat_move(const fm__st_set *st, fm__mat *w, char *buf, size_t *at) {
     if (!w->data || w->rows <= 0) return;
     const void **arr[3] = {&w->data, &w->scales, &w->biases};
     size_t len[3] = {fm__mat_data_bytes(w), fm__mat_scale_bytes(w), fm__mat_scale_bytes(w)};
@@ -320,6 +341,7 @@ static void mat_move(fm__mat *w, char *buf, size_t *at) {
         if (!*arr[i] || !len[i]) continue;
         if (buf) {
             memcpy(buf + *at, *arr[i], len[i]);
+            release_mapped(st, *arr[i], len[i]);
             *arr[i] = buf + *at;
         }
         *at += (len[i] + 63) & ~(size_t)63;
@@ -344,9 +366,9 @@ static void streamed_to_huge_pages(fm_model *m) {
         for (int32_t l = 0; l < c->n_layers; l++) {
             layer_w *w = &m->layers[l];
             fm__mat *ms[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->router, &w->mg, &w->mu, &w->md, &w->shared_gate};
-            for (size_t i = 0; i < FM_ARRAY_LEN(ms); i++) mat_move(ms[i], buf, &at);
+            for (size_t i = 0; i < FM_ARRAY_LEN(ms); i++) mat_move(m->st, ms[i], buf, &at);
         }
-        mat_move(&m->lm_head, buf, &at);
+        mat_move(m->st, &m->lm_head, buf, &at);
         if (pass == 0) {
             const size_t huge = 2u << 20;
             size_t n = (at + huge - 1) & ~(huge - 1);
