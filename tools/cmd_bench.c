@@ -149,7 +149,7 @@ int cmd_bench(int argc, char **argv) {
         free(buf);
     }
     /* The bound uses the best figure seen: on a shared VM the rate moves between runs. */
-    double bw1 = FM_MAX(bw[0][0], bw[1][0]), bwn = FM_MAX(bw[0][1], bw[1][1]);
+    double bw1 = FM_MAX(bw[0][0], bw[1][0]), bwn = FM_MAX(bw[0][1], bw[1][1]), best_read = FM_MAX(bw1, bwn);
     printf("memory read bandwidth (%llu MiB buffer, best of 2 MiB and 4 KiB pages): %.1f GB/s with 1 thread, "
            "%.1f GB/s with %d threads (2 MiB pages: %.1f and %.1f; 4 KiB pages: %.1f and %.1f)\n",
            (unsigned long long)(BW_BYTES >> 20), bw1, bwn, nt, bw[1][0], bw[1][1], bw[0][0], bw[0][1]);
@@ -169,6 +169,7 @@ int cmd_bench(int argc, char **argv) {
             return 1;
         }
         double g1 = matvec_bw(p1, &m, seconds), gn = matvec_bw(pn, &m, seconds);
+        best_read = FM_MAX(best_read, FM_MAX(g1, gn));
         printf("matvec %-34s %lldx%lld (%.0f MiB): 1 thread %.1f GB/s (%.0f%% of %.1f), %d threads %.1f GB/s (%.0f%% of %.1f)\n",
                mats[i].name, (long long)m.rows, (long long)m.cols, mat_bytes(&m) / 1048576.0,
                g1, 100 * g1 / bw1, bw1, nt, gn, 100 * gn / bwn, bwn);
@@ -176,7 +177,11 @@ int cmd_bench(int argc, char **argv) {
     }
     fm__pool_free(p1);
     fm__pool_free(pn);
-    if (model) return bench_model(model, &mo, n_decode, bwn, seconds);
+    /* Any rate a kernel reached is a rate the memory delivered: the bound takes the best
+     * figure seen (on this VM the plain read loop sometimes stays well below it). */
+    if (best_read > bwn)
+        printf("the kernels read faster than the read loop: the bound uses %.1f GB/s\n", best_read);
+    if (model) return bench_model(model, &mo, n_decode, best_read, seconds);
     return 0;
 }
 
