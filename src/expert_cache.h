@@ -92,6 +92,8 @@ void fm__ec_get_stats(const fm__ecache *c, fm__ec_stats *out);
  * layer, with the numbers in the message. */
 typedef struct fm__ec_plan {
     uint64_t budget, resident_bytes, kv_bytes, cache_bytes;
+    uint64_t work_bytes; /* set by the model: forward scratch + process allowance, taken
+                          * off a --mem-limit budget before the plan is made */
     int32_t capacity;
     double fraction; /* capacity / n_experts */
 } fm__ec_plan;

@@ -243,6 +243,24 @@ static uint64_t expert_bytes(const fm__expert_src *e) {
 
 static float *falloc(size_t n) { return fm__aligned_alloc(64, (n ? n : 1) * sizeof(float)); }
 
+/* Process image, libraries, thread stacks, the tokenizer and a caller's logits rows: a
+ * fixed allowance paid by a --mem-limit budget next to the forward scratch. */
+#define PROCESS_ALLOWANCE ((uint64_t)40 << 20)
+
+/* Bytes alloc_scratch and rope_table will allocate (the large arrays), plus
+ * PROCESS_ALLOWANCE. Kept next to alloc_scratch: a new scratch array is added to both. */
+static uint64_t work_bytes(const fm_model *m) {
+    const fm__config *c = m->cfg;
+    uint64_t B = MAX_BATCH, H = (uint64_t)c->hidden, K = (uint64_t)c->top_k, E = (uint64_t)c->n_experts;
+    uint64_t I = (uint64_t)FM_MAX(c->moe_inter, FM_MAX(c->inter, c->shared_inter));
+    uint64_t qd = (uint64_t)m->qd, kvd = (uint64_t)m->kvd;
+    uint64_t floats = B * (7 * H + 5 * qd + 2 * kvd + 2 * I + E + K + K * H + 1) + H + E + K;
+    if (c->arch->linear) floats += (uint64_t)c->arch->linear->scratch_floats(c, MAX_BATCH);
+    floats += 2 * (uint64_t)m->n_ctx * (uint64_t)(m->rot / 2 + 1);
+    uint64_t ints = B * K * 3 + 3 * E + 8 * B + (uint64_t)c->n_experts * 2;
+    return floats * sizeof(float) + ints * sizeof(int64_t) + PROCESS_ALLOWANCE;
+}
+
 static fm_status alloc_scratch(fm_model *m) {
     const fm__config *c = m->cfg;
     size_t B = MAX_BATCH, H = (size_t)c->hidden, K = (size_t)c->top_k, E = (size_t)c->n_experts;
@@ -453,12 +471,24 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
     if (m->n_moe == 0)
         return fm__err(FM_ERR_UNSUPPORTED, "%s: no layer has routed experts", c->path);
 
-    /* Memory plan, then the cache. */
+    /* Memory plan, then the cache. A given budget first pays for the working memory
+     * (forward scratch, RoPE tables, process image), so the whole process stays under it. */
     uint64_t kv_bytes = 2ull * (uint64_t)m->n_attn * (uint64_t)m->n_ctx * (uint64_t)m->kvd * 4u +
                         (1u + N_SNAP) * (uint64_t)m->n_lin * m->lin_state * 4u;
-    if ((rc = fm__ec_make_plan(em, (uint64_t)m->resident_bytes, kv_bytes, p->mem_limit, p->capacity,
+    uint64_t work = work_bytes(m);
+    int64_t limit = p->mem_limit;
+    if (limit > 0 && p->capacity <= 0) {
+        if ((uint64_t)limit <= work)
+            return fm__err(FM_ERR_NOMEM, "memory plan: budget %.1f MiB does not cover the working "
+                           "memory (forward scratch and process image) of %.1f MiB",
+                           (double)limit / 1048576.0, (double)work / 1048576.0);
+        limit -= (int64_t)work;
+    }
+    if ((rc = fm__ec_make_plan(em, (uint64_t)m->resident_bytes, kv_bytes, limit, p->capacity,
                                &m->plan)))
         return rc;
+    m->plan.work_bytes = work;
+    if (p->mem_limit > 0 && p->capacity <= 0) m->plan.budget = (uint64_t)p->mem_limit;
     char cbuf[512];
     fm__ec_params ecp = {0};
     ecp.capacity = m->plan.capacity;
@@ -467,10 +497,11 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
     ecp.store_dir = cache_dir_param(p->cache_dir, cbuf, sizeof cbuf);
     if ((rc = fm__ec_open(em, &ecp, &m->cache))) return rc;
     if (p->verbose)
-        FM_LOGW("memory plan: resident %.1f MiB, KV %.1f MiB (n_ctx %d), expert cache %.1f MiB: "
+        FM_LOGW("memory plan: resident %.1f MiB, KV %.1f MiB (n_ctx %d), working memory %.1f MiB, "
+                "expert cache %.1f MiB: "
                 "capacity %d of %d experts per layer (%.0f%%), %d MoE layers, %.2f MiB per expert",
                 (double)m->plan.resident_bytes / 1048576.0, (double)m->plan.kv_bytes / 1048576.0,
-                m->n_ctx, (double)m->plan.cache_bytes / 1048576.0, m->plan.capacity, c->n_experts,
+                m->n_ctx, (double)m->plan.work_bytes / 1048576.0, (double)m->plan.cache_bytes / 1048576.0, m->plan.capacity, c->n_experts,
                 100.0 * m->plan.fraction, m->n_moe, (double)em->expert_bytes / 1048576.0);
 
     m->pool = fm__pool_new(p->n_threads);

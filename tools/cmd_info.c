@@ -153,6 +153,7 @@ int cmd_info(int argc, char **argv) {
     print_bytes("bytes per expert", (double)in.expert_bytes);
     print_bytes("all experts", (double)in.all_expert_bytes);
     print_bytes("KV cache + state", (double)pl->kv_bytes);
+    print_bytes("working memory", (double)pl->work_bytes);
     char b1[32], b2[32];
     printf("plan                   capacity %d of %d experts per layer (%.0f%%), budget %s, cache %s\n",
            pl->capacity, in.n_experts, 100.0 * pl->fraction, mib((double)pl->budget, b1, sizeof b1),
