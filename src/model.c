@@ -248,15 +248,17 @@ static float *falloc(size_t n) { return fm__aligned_alloc(64, (n ? n : 1) * size
 #define PROCESS_ALLOWANCE ((uint64_t)40 << 20)
 
 /* Bytes alloc_scratch and rope_table will allocate (the large arrays), plus
- * PROCESS_ALLOWANCE. Kept next to alloc_scratch: a new scratch array is added to both. */
-static uint64_t work_bytes(const fm_model *m) {
-    const fm__config *c = m->cfg;
+ * PROCESS_ALLOWANCE (declared in model.h). Kept next to alloc_scratch: a new scratch array
+ * is added to both. */
+uint64_t fm__model_work_bytes(const fm__config *c, int32_t n_ctx) {
     uint64_t B = MAX_BATCH, H = (uint64_t)c->hidden, K = (uint64_t)c->top_k, E = (uint64_t)c->n_experts;
     uint64_t I = (uint64_t)FM_MAX(c->moe_inter, FM_MAX(c->inter, c->shared_inter));
-    uint64_t qd = (uint64_t)m->qd, kvd = (uint64_t)m->kvd;
+    uint64_t qd = (uint64_t)c->n_heads * (uint64_t)c->head_dim;
+    uint64_t kvd = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
+    int32_t rot = (int32_t)(c->head_dim * c->partial_rotary);
     uint64_t floats = B * (7 * H + 5 * qd + 2 * kvd + 2 * I + E + K + K * H + 1) + H + E + K;
     if (c->arch->linear) floats += (uint64_t)c->arch->linear->scratch_floats(c, MAX_BATCH);
-    floats += 2 * (uint64_t)m->n_ctx * (uint64_t)(m->rot / 2 + 1);
+    floats += 2 * (uint64_t)n_ctx * (uint64_t)(rot / 2 + 1);
     uint64_t ints = B * K * 3 + 3 * E + 8 * B + (uint64_t)c->n_experts * 2;
     return floats * sizeof(float) + ints * sizeof(int64_t) + PROCESS_ALLOWANCE;
 }
@@ -475,7 +477,7 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
      * (forward scratch, RoPE tables, process image), so the whole process stays under it. */
     uint64_t kv_bytes = 2ull * (uint64_t)m->n_attn * (uint64_t)m->n_ctx * (uint64_t)m->kvd * 4u +
                         (1u + N_SNAP) * (uint64_t)m->n_lin * m->lin_state * 4u;
-    uint64_t work = work_bytes(m);
+    uint64_t work = fm__model_work_bytes(c, m->n_ctx);
     int64_t limit = p->mem_limit;
     if (limit > 0 && p->capacity <= 0) {
         if ((uint64_t)limit <= work)

@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "backend/backend.h"
+#include "config.h"
 #include "expert_cache.h"
 
 typedef struct fm__state fm__state;
@@ -43,5 +44,9 @@ struct fm__tokenizer *fm__model_tokenizer(const fm_model *m);
 const char *fm__model_dir(const fm_model *m);
 /* The memory plan the model was opened with (for `flash-moe info`). */
 const fm__ec_plan *fm__model_plan(const fm_model *m);
+/* Working memory a model of config c with context n_ctx needs besides its weights, KV cache
+ * and expert cache: forward scratch, RoPE tables and a fixed process allowance. A
+ * --mem-limit budget pays for it before the plan sizes the expert cache. */
+uint64_t fm__model_work_bytes(const fm__config *c, int32_t n_ctx);
 
 #endif

@@ -101,10 +101,12 @@ static int config_only(const char *dir, const cli_model_opts *mo) {
     print_bytes("bytes per expert", expert);
     print_bytes("all experts", expert * n_moe * c->n_experts);
     print_bytes("KV cache + state", kv);
+    double work = (double)fm__model_work_bytes(c, n_ctx);
+    print_bytes("working memory", work);
     int32_t cap = c->n_experts;
     if (mo->capacity > 0) cap = mo->capacity;
     else if (mo->mem_limit > 0) {
-        double left = (double)mo->mem_limit - res - kv;
+        double left = (double)mo->mem_limit - res - kv - work;
         cap = left > 0 && expert > 0 && n_moe > 0 ? (int32_t)(left / (expert * n_moe)) : 0;
     }
     if (cap > c->n_experts) cap = c->n_experts;
