@@ -79,6 +79,9 @@ typedef struct fm_model_params {
     int32_t miss_policy;   /* FM_MISS_EXACT (0, default) or FM_MISS_SKIP */
     int32_t n_ctx;         /* context length in tokens; 0 = min(model maximum, 4096) */
     int32_t verbose;       /* 1 = print the memory plan and load progress to the log */
+    int64_t cache_max;     /* size cap in bytes of the store directory: creating a store there
+                              first evicts the least recently used other stores over it;
+                              0 = $FM_CACHE_MAX if set, else no cap */
 } fm_model_params;
 
 /* Fills p with the defaults (all zero / NULL, as documented above). */

@@ -924,7 +924,7 @@ fm_status fm__ec_open(const fm__expert_map *map, const fm__ec_params *p, fm__eca
                     fm_last_error(), map->n_moe_layers, map->n_experts,
                     (double)lay.slot_bytes * map->n_moe_layers * map->n_experts / 1048576.0);
             double t0 = fm__now();
-            st = fm__store_pack(map, p->store_dir, NULL, NULL);
+            st = fm__store_pack(map, p->store_dir, p->store_max, NULL, NULL);
             if (st == FM_OK) FM_LOGW("expert store: packed in %.1f s", fm__now() - t0);
             if (st == FM_OK) st = fm__store_open(map, &lay, p->store_dir, &c->store);
             if (st != FM_OK) {

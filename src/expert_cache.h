@@ -54,6 +54,7 @@ typedef struct fm__ec_params {
     const char *profile;  /* profile JSON to pin, or NULL */
     const char *store_dir;/* packed store directory, or NULL/"" for none */
     int32_t io_threads;   /* 0 = default */
+    uint64_t store_max;   /* size cap of store_dir when a store is packed; 0 = FM_CACHE_MAX */
 } fm__ec_params;
 
 typedef struct fm__ec_stats {
@@ -189,10 +190,11 @@ char *fm__store_path(const fm__expert_map *map, const char *dir);
  * holds go, and with a size cap (FM_CACHE_MAX) the least recently used stores go until the
  * new store fits; a failed clean-up does not stop the pack. progress (may be NULL) is
  * called with done/total experts. Writes to a temporary file and renames it into place,
- * so a crash never leaves a store that looks valid. */
+ * so a crash never leaves a store that looks valid. max_bytes caps the directory's size
+ * (0 = $FM_CACHE_MAX, else no cap). */
 typedef void (*fm__progress_fn)(void *user, int64_t done, int64_t total);
-fm_status fm__store_pack(const fm__expert_map *map, const char *dir, fm__progress_fn progress,
-                         void *user);
+fm_status fm__store_pack(const fm__expert_map *map, const char *dir, uint64_t max_bytes,
+                         fm__progress_fn progress, void *user);
 /* Checks the store for map under dir: FM_OK if valid (complete, same model and version,
  * checksums of header and tables right); else an error whose message says why. With
  * verify_blobs, also verifies every blob's checksum (reads the whole store). */

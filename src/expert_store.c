@@ -316,8 +316,8 @@ static void *pack_worker(void *arg) {
     return NULL;
 }
 
-fm_status fm__store_pack(const fm__expert_map *map, const char *dir, fm__progress_fn progress,
-                         void *user) {
+fm_status fm__store_pack(const fm__expert_map *map, const char *dir, uint64_t max_bytes,
+                         fm__progress_fn progress, void *user) {
     ec_layout lay;
     fm_status st = fm__ec_layout(map, &lay);
     if (st != FM_OK) return st;
@@ -347,7 +347,7 @@ fm_status fm__store_pack(const fm__expert_map *map, const char *dir, fm__progres
     if (src) h->src_sum = fm__fnv64(src, (size_t)src_len, 0);
     /* Make room first: stale stores of this directory go, and the size cap (if any)
      * counts the store about to be written. A failed clean-up never stops the pack. */
-    fm__store_gc_opts go = {fm__store_cache_max(), h->file_bytes, path, 0, 0};
+    fm__store_gc_opts go = {max_bytes ? max_bytes : fm__store_cache_max(), h->file_bytes, path, 0, 0};
     if (fm__store_gc(dir, &go, NULL, NULL, NULL, NULL) != FM_OK)
         FM_LOGD("expert store: clean-up of %s: %s", dir, fm_last_error());
     st = fm__ec_files_init(&files, map);

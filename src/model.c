@@ -497,6 +497,7 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
     ecp.miss_policy = p->miss_policy;
     ecp.profile = p->profile;
     ecp.store_dir = cache_dir_param(p->cache_dir, cbuf, sizeof cbuf);
+    ecp.store_max = p->cache_max > 0 ? (uint64_t)p->cache_max : 0;
     if ((rc = fm__ec_open(em, &ecp, &m->cache))) return rc;
     if (p->verbose)
         FM_LOGW("memory plan: resident %.1f MiB, KV %.1f MiB (n_ctx %d), working memory %.1f MiB, "

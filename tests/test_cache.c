@@ -503,7 +503,7 @@ static void corrupt_at(const char *path, uint64_t off, uint8_t x) {
 
 static void test_store(tmodel *t) {
     char *sdir = fm__path_join(g_dir, "store/sub");
-    fm_status st = fm__store_pack(&t->map, sdir, NULL, NULL);
+    fm_status st = fm__store_pack(&t->map, sdir, 0, NULL, NULL);
     CHECK(st == FM_OK, "pack%s%s", st ? ": " : "", st ? fm_last_error() : "");
     CHECK(fm__store_check(&t->map, sdir, 1) == FM_OK, "packed store validates, all blobs");
     char *sp = fm__store_path(&t->map, sdir);
@@ -632,7 +632,7 @@ static void test_store_parts(void) {
     char *sdir = fm__path_join(g_dir, "store-big");
     uint64_t slot = 0;
     fm__ec_slot_bytes(&t.map, &slot);
-    fm_status st = fm__store_pack(&t.map, sdir, NULL, NULL);
+    fm_status st = fm__store_pack(&t.map, sdir, 0, NULL, NULL);
     setenv("FM_EC_CHUNK", "8192", 1);
     fm__ec_params p = params(4);
     p.store_dir = sdir;

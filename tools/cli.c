@@ -37,15 +37,7 @@ bool cli_model_params(const cli_model_opts *mo, fm_model_params *p) {
         fprintf(stderr, "flash-moe: --capacity, --mem-limit, --threads and --ctx must be >= 0\n");
         return false;
     }
-    if (mo->cache_max > 0) {
-        /* The store reads its cap from the environment when it creates a store. */
-        char v[32];
-        snprintf(v, sizeof v, "%lld", (long long)mo->cache_max);
-        if (setenv("FM_CACHE_MAX", v, 1) != 0) {
-            fprintf(stderr, "flash-moe: cannot set FM_CACHE_MAX for --cache-max\n");
-            return false;
-        }
-    }
+    p->cache_max = mo->cache_max;
     return true;
 }
 

@@ -52,8 +52,7 @@ typedef struct cli_model_opts {
 
 void cli_model_opts_default(cli_model_opts *mo);
 /* Converts to library params; returns false (after printing why) on a bad value. A
- * --cache-max above 0 is passed on as FM_CACHE_MAX in the environment, which the store
- * reads when it creates a store (it overrides a FM_CACHE_MAX already set). */
+ * --cache-max above 0 becomes fm_model_params.cache_max (it overrides FM_CACHE_MAX). */
 bool cli_model_params(const cli_model_opts *mo, fm_model_params *p);
 
 /* Parses argv[start..argc). Positional arguments are collected into pos (up to max_pos).

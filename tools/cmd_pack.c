@@ -89,7 +89,7 @@ int cmd_pack(int argc, char **argv) {
         fprintf(stderr, "packing %d x %d experts (%.1f MiB) into %s\n", map->n_moe_layers,
                 map->n_experts,
                 (double)slot * map->n_moe_layers * map->n_experts / 1048576.0, path);
-        if (fm__store_pack(map, cache_dir, progress, &pp) != FM_OK) rc = cli_fail("pack failed");
+        if (fm__store_pack(map, cache_dir, 0, progress, &pp) != FM_OK) rc = cli_fail("pack failed");
         else printf("%s\n", path);
     }
     free(path);
