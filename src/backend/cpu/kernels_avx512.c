@@ -139,6 +139,37 @@ static inline __attribute__((always_inline)) float bias_dot(const void *biases, 
     return _mm512_reduce_add_ps(bias_fold(biases, sdt, base, xs, ng, _mm512_setzero_ps()));
 }
 
+/* Dot products of one 64-weight chunk (digits q, 0..15 or 0..255 per byte) with the three
+ * 8-bit digits of its quantized activations at x (x, x + 64, x + 128, most significant
+ * first): the 16 lane sums of sum(q * digits) recombined exactly as 32-bit integers. */
+static inline __attribute__((always_inline)) __m512i dot_digits(__m512i q, const int8_t *x) {
+    __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x));
+    t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(x + 64));
+    return _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(x + 128));
+}
+
+/* The 4-bit weights of one chunk (32 bytes at p): low nibbles in bytes 0-31, high nibbles
+ * in bytes 32-63, the order of the activation digits of an unpaired chunk. */
+static inline __attribute__((always_inline)) __m512i q4_chunk(const uint8_t *p) {
+    const __m256i m4h = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4h)),
+                              _mm256_and_si256(_mm256_srli_epi16(v, 4), m4h), 1);
+}
+
+/* Per-lane scales of an unpaired chunk c of row r (ng groups per row): G = 32: lanes 0-3
+ * and 8-11 take group 2c, lanes 4-7 and 12-15 group 2c+1; else one scale. */
+static inline __attribute__((always_inline)) __m512 q4_chunk_scales(const void *scales, fm__dtype sdt,
+                                                                    int64_t r, int64_t ng, int64_t c,
+                                                                    const int G) {
+    if (G == 32) {
+        float a = fm__ld_scale(scales, sdt, r * ng + 2 * c), bb = fm__ld_scale(scales, sdt, r * ng + 2 * c + 1);
+        __m256 h = _mm256_setr_ps(a, a, a, a, bb, bb, bb, bb);
+        return _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1);
+    }
+    return _mm512_set1_ps(fm__ld_scale(scales, sdt, r * ng + c * 64 / G));
+}
+
 /* Four scale-group values starting at group g (n = 1, 2 or 4 of them read; the rest 0). */
 static inline __attribute__((always_inline)) __m128 scales4(const void *base, fm__dtype sdt, int64_t g, const int n) {
     if (sdt == FM_DT_F32) {
@@ -198,24 +229,11 @@ static inline __attribute__((always_inline)) VBMI void q4v_nb(const fm__mat *W, 
     }
     if (nc & 1) { /* last chunk alone: low nibbles then high nibbles of its 32 bytes */
         const int64_t c = nc - 1;
-        const __m256i m4h = _mm256_set1_epi8(0x0F);
-        __m256i v = _mm256_loadu_si256((const __m256i *)(row + c * 32));
-        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4h)),
-                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), m4h), 1);
-        __m512 sw;
-        if (G == 32) { /* lanes 0-3 and 8-11: group 2c, lanes 4-7 and 12-15: group 2c+1 */
-            float a = fm__ld_scale(scales, sdt, r * ng + 2 * c), bb = fm__ld_scale(scales, sdt, r * ng + 2 * c + 1);
-            __m256 h = _mm256_setr_ps(a, a, a, a, bb, bb, bb, bb);
-            sw = _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1);
-        } else {
-            sw = _mm512_set1_ps(fm__ld_scale(scales, sdt, r * ng + c * 64 / G));
-        }
+        const __m512i q = q4_chunk(row + c * 32);
+        const __m512 sw = q4_chunk_scales(scales, sdt, r, ng, c, G);
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) {
-            const int8_t *x = xq[b] + c * 192;
-            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x));
-            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(x + 64));
-            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(x + 128));
+            __m512i t = dot_digits(q, xq[b] + c * 192);
             acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sw, _mm512_set1_ps(xqs[b][c])), acc[b]);
         }
     }
@@ -276,25 +294,12 @@ static inline __attribute__((always_inline)) VBMI void q4v_rn(const fm__mat *W, 
     }
     if (nc & 1) { /* the last chunk: as q4v_nb does it */
         const int64_t c = nc - 1;
-        const __m256i m4h = _mm256_set1_epi8(0x0F);
         const int8_t *x = xq + c * 192;
 #pragma GCC unroll 4
         for (int k = 0; k < NR; k++) {
-            const int64_t rr = r + k;
-            __m256i v = _mm256_loadu_si256((const __m256i *)(row[k] + c * 32));
-            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4h)),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m4h), 1);
-            __m512 sw;
-            if (G == 32) {
-                float a = fm__ld_scale(scales, sdt, rr * ng + 2 * c), bb = fm__ld_scale(scales, sdt, rr * ng + 2 * c + 1);
-                __m256 h = _mm256_setr_ps(a, a, a, a, bb, bb, bb, bb);
-                sw = _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1);
-            } else {
-                sw = _mm512_set1_ps(fm__ld_scale(scales, sdt, rr * ng + c * 64 / G));
-            }
-            __m512i tt = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x));
-            tt = _mm512_dpbusd_epi32(_mm512_slli_epi32(tt, 8), q, _mm512_loadu_si512(x + 64));
-            tt = _mm512_dpbusd_epi32(_mm512_slli_epi32(tt, 8), q, _mm512_loadu_si512(x + 128));
+            const __m512i q = q4_chunk(row[k] + c * 32);
+            const __m512 sw = q4_chunk_scales(scales, sdt, r + k, ng, c, G);
+            __m512i tt = dot_digits(q, x);
             acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_mul_ps(sw, _mm512_set1_ps(xqs[c])), acc[k]);
         }
     }
@@ -403,10 +408,7 @@ static inline __attribute__((always_inline)) VBMI void qgv_nb(const fm__mat *W, 
         }
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) {
-            const int8_t *p = xq[b] + c * 192;
-            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(p));
-            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 64));
-            t = _mm512_dpbusd_epi32(_mm512_slli_epi32(t, 8), q, _mm512_loadu_si512(p + 128));
+            __m512i t = dot_digits(q, xq[b] + c * 192);
             acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sw, _mm512_set1_ps(xqs[b][c])), acc[b]);
         }
     }
