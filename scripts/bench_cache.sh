@@ -33,21 +33,9 @@ if [ ! -f "$M/model.safetensors" ]; then
     "$BIN" synth "$M" --preset qwen3-30b-a3b --layers "$LAYERS" -q 4 --seed 1 >/dev/null 2>&1 || exit 1
 fi
 F=$M/model.safetensors
-size=$(stat -c %s "$F")
 
-# Disk bandwidth, O_DIRECT: one stream, and four streams over disjoint quarters.
-mib=$((size / 1048576 / 4 / 4 * 4)); [ $mib -gt 512 ] && mib=512
-bw1=$(dd if="$F" of=/dev/null iflag=direct bs=4M count=$((mib / 4)) 2>&1 |
-    awk '/copied/ {for (i = 1; i <= NF; i++) if ($i == "s,") print $1 / $(i - 1)}')
-t0=$(date +%s.%N)
-for k in 0 1 2 3; do
-    dd if="$F" of=/dev/null iflag=direct bs=4M skip=$((k * size / 4 / 4194304)) count=$((mib / 4 / 4)) 2>/dev/null &
-done
-wait
-t1=$(date +%s.%N)
-bw4=$(awk -v b=$((4 * (mib / 4 / 4) * 4194304)) -v a="$t0" -v z="$t1" 'BEGIN {print b / (z - a)}')
-bw=$(awk -v a="$bw1" -v b="$bw4" 'BEGIN {print (a > b ? a : b)}')
-awk -v a="$bw1" -v b="$bw4" -v c="$bw" 'BEGIN {printf "# disk (O_DIRECT dd, 4 MiB blocks): 1 stream %.2f GB/s, 4 streams %.2f GB/s -> %.2f GB/s used\n", a/1e9, b/1e9, c/1e9}'
+. "$(dirname "$0")/lib/disk_bw.sh"
+disk_bw "$F"
 
 CD=""
 if [ "$STORE" = 1 ]; then

@@ -54,18 +54,8 @@ if [ ! -f "$F" ] || [ ! -f "$M/config.json" ]; then
 fi
 size=$(stat -c %s "$F")
 
-# Disk bandwidth, O_DIRECT: one stream, and four streams over disjoint quarters.
-mib=$((size / 1048576 / 4 / 4 * 4)); [ $mib -gt 512 ] && mib=512
-bw1=$(dd if="$F" of=/dev/null iflag=direct bs=4M count=$((mib / 4)) 2>&1 |
-    awk '/copied/ {for (i = 1; i <= NF; i++) if ($i == "s,") print $1 / $(i - 1)}')
-t0=$(date +%s.%N)
-for k in 0 1 2 3; do
-    dd if="$F" of=/dev/null iflag=direct bs=4M skip=$((k * size / 4 / 4194304)) count=$((mib / 4 / 4)) 2>/dev/null &
-done
-wait
-t1=$(date +%s.%N)
-bw4=$(awk -v b=$((4 * (mib / 4 / 4) * 4194304)) -v a="$t0" -v z="$t1" 'BEGIN {print b / (z - a)}')
-bw=$(awk -v a="$bw1" -v b="$bw4" 'BEGIN {print (a > b ? a : b)}')
+. "$(dirname "$0")/lib/disk_bw.sh"
+disk_bw "$F"
 
 ctx=$((PREFILL + DECODE))
 info=$("$BIN" info "$M" --ctx $ctx --capacity 10 --cache-dir "" 2>/dev/null)
@@ -77,7 +67,6 @@ ebytes=$(awk '/^bytes per expert/ {print $4}' <<<"$info")
 limit_mib=$(awk -v r="$resident" -v a="$allexp" -v k="$kv" -v f="$FRAC" \
     'BEGIN {printf "%d", (r + k + a * f / 100) / 1048576}')
 echo "# model $M: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}') on disk, resident $(awk -v r="$resident" 'BEGIN {printf "%.0f MiB", r / 1048576}'), experts $(awk -v a="$allexp" 'BEGIN {printf "%.0f MiB", a / 1048576}') ($(awk -v e="$ebytes" 'BEGIN {printf "%.2f MB", e / 1e6}') each), KV $(awk -v k="$kv" 'BEGIN {printf "%.1f MiB", k / 1048576}')"
-awk -v a="$bw1" -v b="$bw4" -v c="$bw" 'BEGIN {printf "# disk (O_DIRECT dd, 4 MiB blocks): 1 stream %.2f GB/s, 4 streams %.2f GB/s -> %.2f GB/s used\n", a/1e9, b/1e9, c/1e9}'
 echo "# --mem-limit ${limit_mib}M = resident + KV + ${FRAC}% of the experts; cache dir '${CACHE_DIR}'; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Token ids: PREFILL for prefill, PREFILL+DECODE for decode.
