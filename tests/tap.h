@@ -2,6 +2,8 @@
  * "not ok - name"; tests/run.sh counts those lines. Exit status is non-zero on failure. */
 #ifndef FM_TAP_H
 #define FM_TAP_H
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -23,5 +25,15 @@ static int tap_failed_ = 0, tap_count_ = 0;
 static inline const char *tap_root(void) {
     const char *r = getenv("FM_ROOT");
     return r && *r ? r : ".";
+}
+/* ||a - ref|| / ||ref|| over n floats (the conformance tolerance measure). */
+static inline double tap_rel_err(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
 }
 #endif

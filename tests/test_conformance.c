@@ -91,16 +91,6 @@ static float *run(const char *dir, const fixture *fx, int32_t capacity, int deco
     return out;
 }
 
-static double rel_err(const float *a, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 static bool same_argmax(const float *a, const float *ref, int32_t n, int32_t V) {
     for (int32_t t = 0; t < n; t++) {
         int32_t ia = 0, ir = 0;
@@ -260,7 +250,7 @@ static void test_layouts(const char *fdir) {
             bool wrote = write_variant(dir, vd, layout);
             float *v = wrote ? run(vd, &fx, fx.n > 0 ? 0x7fffffff : 0, 0, FM_MISS_EXACT, NULL) : NULL;
             float *vdec = wrote ? run(vd, &fx, 2, 1, FM_MISS_EXACT, NULL) : NULL;
-            double e = v ? rel_err(v, fx.ref, nl) : INFINITY;
+            double e = v ? tap_rel_err(v, fx.ref, nl) : INFINITY;
             CHECK(base && v && vdec && memcmp(v, base, nl * 4) == 0 && memcmp(vdec, base, nl * 4) == 0 && e <= 1e-4,
                   "%s rewritten as %s: logits bitwise equal to the per-expert layout (rel err %.3g)", srcs[i],
                   layout == 1 ? "transformers 5 fused experts.gate_up_proj" : "stacked input_linear/output_linear", e);
@@ -304,7 +294,7 @@ static void test_snapshots(const char *dir, const char *name, const fixture *fx,
           "%s: truncate without a snapshot is refused, state kept", name);
     ok = ok && fm__state_truncate(s, a) == FM_OK && fm__state_pos(s) == a &&
          fm__forward(m, s, fx->tokens + a, fx->n - a, lg, 1) == FM_OK;
-    double e1 = ok ? rel_err(lg, pre + (size_t)a * V, (size_t)(fx->n - a) * V) : 1;
+    double e1 = ok ? tap_rel_err(lg, pre + (size_t)a * V, (size_t)(fx->n - a) * V) : 1;
     CHECK(ok && e1 <= SNAP_TOL, "%s: continuing from the snapshot at %d equals one run (rel err %.3g <= %g)",
           name, a, e1, SNAP_TOL);
     ok = ok && fm__state_truncate(s, 0) == FM_OK && fm__forward(m, s, fx->tokens, fx->n, lg, 1) == FM_OK;
@@ -319,7 +309,7 @@ static void test_snapshots(const char *dir, const char *name, const fixture *fx,
          fm_session_set_tokens(s1, fx->tokens, (size_t)fx->n) == FM_OK;
     const float *l1 = ok ? fm_session_logits(s1, &nv) : NULL;
     if (ok) fm_session_stats(s1, &st);
-    double e2 = l1 && nv == V ? rel_err(l1, pre + (size_t)(fx->n - 1) * V, (size_t)V) : 1;
+    double e2 = l1 && nv == V ? tap_rel_err(l1, pre + (size_t)(fx->n - 1) * V, (size_t)V) : 1;
     CHECK(ok && l1 && nv == V && st.reused_tokens == a && e2 <= SNAP_TOL,
           "%s: session turn 2 reuses %d tokens and its logits equal a fresh run (rel err %.3g)", name, a, e2);
     /* A third call that diverges after the first a tokens rewinds to the snapshot at a. */
@@ -334,7 +324,7 @@ static void test_snapshots(const char *dir, const char *name, const fixture *fx,
     ok = ok && l2 && st.reused_tokens == a && fm_session_new(m, &s2) == FM_OK &&
          fm_session_set_tokens(s2, alt, (size_t)fx->n) == FM_OK;
     const float *lf = ok ? fm_session_logits(s2, &nv) : NULL;
-    double e3 = ok && lf ? rel_err(l3, lf, (size_t)V) : 1;
+    double e3 = ok && lf ? tap_rel_err(l3, lf, (size_t)V) : 1;
     CHECK(ok && lf && e3 <= SNAP_TOL,
           "%s: a diverging turn rewinds to the snapshot at %d and matches a fresh session (rel err %.3g)",
           name, a, e3);
@@ -381,8 +371,8 @@ int main(void) {
         memset(&info, 0, sizeof info);
         float *pre = run(dir, &fx, 0x7fffffff, 0, FM_MISS_EXACT, &info);
         float *dec = run(dir, &fx, 0x7fffffff, 1, FM_MISS_EXACT, NULL);
-        double ep = pre ? rel_err(pre, fx.ref, nl) : INFINITY;
-        double ed = dec ? rel_err(dec, fx.ref, nl) : INFINITY;
+        double ep = pre ? tap_rel_err(pre, fx.ref, nl) : INFINITY;
+        double ed = dec ? tap_rel_err(dec, fx.ref, nl) : INFINITY;
         CHECK(pre && ep <= 1e-4, "%s: prefill rel err %.3g <= 1e-4 (%d tokens)", names[i], ep, fx.n);
         CHECK(pre && same_argmax(pre, fx.ref, fx.n, fx.vocab), "%s: prefill argmax equal at every position", names[i]);
         CHECK(dec && ed <= 1e-4, "%s: decode rel err %.3g <= 1e-4", names[i], ed);

@@ -19,16 +19,6 @@ static float frand(void) { /* uniform in [-1, 1) */
     return (float)((g_rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
 }
 
-static double rel(const float *a, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 /* The recurrence in double precision: S [dk][dv]. */
 static void ref_double(double *S, int dk, int dv, int T, const float *q, const float *k,
                        const float *v, int ld, const float *g, const float *beta, float *o) {
@@ -98,8 +88,8 @@ static void one_case(int dk, int dv, int T, int spiky, double *worst) {
         memcpy(Sc, S0, (size_t)dk * dv * 4);
         memset(oc, 0xff, (size_t)T * dv * 4); /* NaN: every output must be written */
         fns[f](Sc, dk, dv, T, q, ld, k, ld, v, ld, g, beta, oc, dv, work);
-        double eo = rel(oc, orr, (size_t)T * dv), es = rel(Sc, Sr, (size_t)dk * dv);
-        double xo = rel(oc, od, (size_t)T * dv), xs = rel(Sc, Sdf, (size_t)dk * dv);
+        double eo = tap_rel_err(oc, orr, (size_t)T * dv), es = tap_rel_err(Sc, Sr, (size_t)dk * dv);
+        double xo = tap_rel_err(oc, od, (size_t)T * dv), xs = tap_rel_err(Sc, Sdf, (size_t)dk * dv);
         if (eo > *worst) *worst = eo;
         if (es > *worst) *worst = es;
         /* spiky: 2e-6, which subtracting cumulative sums (G_i - G_j) would exceed */
