@@ -5,7 +5,8 @@
 #   - logits of a fixed prompt within 1e-4 relative error, same argmax, prefill and decode;
 #   - the chat prompt tokenizes to the reference ids;
 #   - the greedy chat answer equals the reference text at full and at 25% capacity;
-#   - logits at 25% capacity are bitwise equal to full capacity.
+#   - logits at 25% capacity are bitwise equal to full capacity;
+#   - the tokenizer gives the ids of transformers' AutoTokenizer for ref/tokenizer.json's texts.
 set -u
 BIN=${FM_BIN:-build/flash-moe}
 ROOT=${FM_ROOT:-.}
@@ -19,6 +20,8 @@ nok() { echo "not ok - $*"; }
 
 if [ ! -f "$DEMO/config.json" ]; then nok "demo model present at $DEMO"; exit 1; fi
 toks=$($PY -c "import json;print(','.join(map(str,json.load(open('$DEMO/ref/ref.json'))['tokens'])))")
+E=$($PY -c "import json;print(json.load(open('$DEMO/config.json'))['num_experts'])")
+Q=$((E / 4))
 
 compare() { # ours ref -> prints "relerr argmax_equal"
     $PY - "$1" "$2" "$DEMO/ref/ref.json" <<'PYEOF'
@@ -45,9 +48,9 @@ for mode in prefill decode; do
         else nok "demo logits ($mode) rel err $err, argmax equal=$am"; fi
     else nok "demo eval ($mode): $(cat "$tmp/err")"; fi
 done
-"$BIN" eval "$DEMO" --tokens "$toks" --logits-out "$tmp/cap8.f32" --capacity 8 --cache-dir "" 2>/dev/null
-if cmp -s "$tmp/cap8.f32" "$tmp/prefill.f32"; then ok "demo logits at capacity 8 of 32 bitwise equal to full"
-else nok "demo logits at capacity 8 differ from full capacity"; fi
+"$BIN" eval "$DEMO" --tokens "$toks" --logits-out "$tmp/capq.f32" --capacity $Q --cache-dir "" 2>/dev/null
+if cmp -s "$tmp/capq.f32" "$tmp/prefill.f32"; then ok "demo logits at capacity $Q of $E bitwise equal to full"
+else nok "demo logits at capacity $Q of $E differ from full capacity"; fi
 
 $PY -c "import json;open('$tmp/prompt.txt','w').write(json.load(open('$DEMO/ref/greedy.json'))['prompt_text'])"
 $PY -c "import json;print(json.dumps(json.load(open('$DEMO/ref/greedy.json'))['prompt_ids']))" >"$tmp/want_ids"
@@ -61,9 +64,21 @@ else nok "demo chat prompt ids differ: $(head -c 300 "$tmp/got_ids")"; fi
 $PY -c "import json;t=json.load(open('$DEMO/ref/greedy.json'))['text'];open('$tmp/want.txt','w').write(t.replace('<|im_end|>','')+'\\n')"
 n=$($PY -c "import json;print(len(json.load(open('$DEMO/ref/greedy.json'))['ids']))")
 prompt=$(cat "$tmp/prompt.txt"; printf x); prompt=${prompt%x}   # keep the trailing newline
-for cap in 32 8; do
+for cap in $E $Q; do
     "$BIN" run "$DEMO" --raw -p "$prompt" --temp 0 -n "$n" --capacity $cap --cache-dir "" \
         >"$tmp/got$cap.txt" 2>"$tmp/err$cap"
     if cmp -s "$tmp/got$cap.txt" "$tmp/want.txt"; then ok "demo greedy answer equals the reference at capacity $cap"
     else nok "demo greedy answer at capacity $cap: got '$(head -c 200 "$tmp/got$cap.txt")'"; fi
 done
+
+if [ -f "$DEMO/ref/tokenizer.json" ]; then
+    n=$($PY -c "import json;print(len(json.load(open('$DEMO/ref/tokenizer.json'))['cases']))")
+    bad=0
+    for ((i = 0; i < n; i++)); do
+        $PY -c "import json,sys;c=json.load(open('$DEMO/ref/tokenizer.json'))['cases'][$i];open('$tmp/t.txt','w',encoding='utf-8',newline='').write(c['text']);print(json.dumps(c['ids']))" >"$tmp/want_t"
+        "$BIN" tokenize "$DEMO" --text-file "$tmp/t.txt" >"$tmp/got_t" 2>&1
+        $PY -c "import json,sys; sys.exit(0 if json.load(open('$tmp/got_t'))==json.load(open('$tmp/want_t')) else 1)" 2>/dev/null || bad=$((bad + 1))
+    done
+    if [ "$bad" = 0 ]; then ok "demo tokenizer equals transformers' AutoTokenizer on $n texts"
+    else nok "demo tokenizer differs from transformers' AutoTokenizer on $bad of $n texts"; fi
+fi

@@ -1,14 +1,19 @@
 #!/usr/bin/python3
-"""Synthetic ChatML instruction pairs for the demo model: short Python tasks and answers.
+"""ChatML instruction pairs for the demo model: short Python tasks and answers.
 
-  /usr/bin/python3 scripts/demo/chat_data.py [--out tmp/demo-data]
+  python3 scripts/demo/chat_data.py --out DIR [--corpus DIR] [--max-corpus-pairs 60000]
 
-Every task is phrased several ways; each (phrasing, answer) pair is rendered with the chat
-template of models/demo/tokenizer_config.json (Python Jinja2) and written to
-<out>/chat_train.jsonl and <out>/chat_val.jsonl (held-out tasks). All answers were written for
-this file and compile with Python 3.
+Two kinds of pairs, each rendered with CHAT_TEMPLATE (the demo's chat template, Python
+Jinja2) and written to DIR/chat_train.jsonl and DIR/chat_val.jsonl:
+  - the TASKS below, written for this file (all compile with Python 3), each phrased several
+    ways; a few tasks are held out for validation;
+  - with --corpus (make_corpus.py's output), pairs made from the corpus itself: every short
+    top-level function with a one-line docstring summary becomes "Write a Python function
+    `name(args)`. <summary>" answered by the function's source; functions from validation
+    files go to chat_val.jsonl.
 """
 import argparse
+import ast
 import json
 import os
 import random
@@ -16,8 +21,15 @@ import sys
 
 import jinja2
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bpe import CHAT_TEMPLATE  # noqa: E402
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful coding assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 # (task description, code)
 TASKS = [
@@ -103,9 +115,39 @@ PHRASINGS = [
 INTROS = ["", "Here is a function that {t}:\n\n", "Sure. This function {t}:\n\n"]
 
 
+def corpus_functions(path, limit):
+    """(prompt, answer) pairs from the short documented top-level functions of a jsonl corpus."""
+    pairs = []
+    with open(path) as f:
+        for line in f:
+            text = json.loads(line)["text"]
+            try:
+                tree = ast.parse(text)
+            except (SyntaxError, ValueError, RecursionError):
+                continue
+            for node in tree.body:
+                if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.decorator_list:
+                    continue
+                doc = ast.get_docstring(node)
+                src = ast.get_source_segment(text, node)
+                if not doc or not src or not (3 <= src.count("\n") <= 24) or len(src) > 1200:
+                    continue
+                summary = doc.strip().split("\n")[0].strip()
+                if not (12 <= len(summary) <= 120) or not summary[0].isalpha() or not summary.endswith("."):
+                    continue
+                args = ast.unparse(node.args)
+                prompt = "Write a Python function `%s(%s)`. %s" % (node.name, args, summary)
+                pairs.append((prompt, "```python\n" + src + "\n```"))
+                if len(pairs) >= limit:
+                    return pairs
+    return pairs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tmp/demo-data")
+    ap.add_argument("--corpus", help="make_corpus.py output folder (train.jsonl, val.jsonl)")
+    ap.add_argument("--max-corpus-pairs", type=int, default=60000)
     a = ap.parse_args()
     rng = random.Random(1234)
     tmpl = jinja2.Environment().from_string(CHAT_TEMPLATE)
@@ -126,7 +168,15 @@ def main():
                 split = "val" if i in val_tasks else "train"
                 (fva if split == "val" else ftr).write(json.dumps({"text": text, "messages": msgs}) + "\n")
                 n[split] += 1
-    print("chat pairs", n, "tasks", len(TASKS))
+        if a.corpus:
+            for split, fout in (("train", ftr), ("val", fva)):
+                pairs = corpus_functions(os.path.join(a.corpus, split + ".jsonl"), a.max_corpus_pairs)
+                for prompt, answer in pairs:
+                    msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+                    fout.write(json.dumps({"text": tmpl.render(messages=msgs, add_generation_prompt=False),
+                                           "messages": msgs}) + "\n")
+                n["corpus_" + split] = len(pairs)
+    print("chat pairs", n, "tasks", len(TASKS), flush=True)
 
 
 if __name__ == "__main__":

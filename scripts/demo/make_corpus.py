@@ -1,79 +1,52 @@
-#!/usr/bin/python3
-"""Build the demo model's training corpus from Python sources installed on this machine.
+#!/usr/bin/env python3
+"""Build the demo model's training corpus from the Python sources installed on this machine.
 
-  /usr/bin/python3 scripts/demo/make_corpus.py [--out tmp/demo-data]
+  python3 scripts/demo/make_corpus.py --out DIR [--manifest FILE] [--cap-mb 40]
 
-Sources: the CPython 3.11 standard library (PSF-2.0) and permissively licensed packages in
-/usr/lib/python3/dist-packages; each package's license is read from its installed metadata
-(License: field and "License ::" classifiers) and recorded. Files are filtered (UTF-8, 200 B to
-150 kB, no generated data tables), deduplicated (exact content and whitespace-normalised
-content), and split deterministically by content hash: ~2% validation, the rest training.
-Writes <out>/train.jsonl and <out>/val.jsonl (one {"text", "path"} per line) and
-models/demo/training/manifest.json (package, version, license, files, bytes).
+Sources: the running interpreter's standard library (PSF-2.0) and every distribution in its
+site-packages (sysconfig "purelib"/"platlib") whose installed metadata names a permissive
+license (License-Expression, License, or "License ::" classifiers: MIT, BSD, Apache, PSF,
+ISC, Zlib, Unlicense, HPND) and none of GPL/LGPL/AGPL/MPL/EPL/proprietary. A distribution's
+files are the *.py entries of its RECORD. Files are filtered (UTF-8, 200 B to 150 kB, no
+minified or generated tables), deduplicated (exact and whitespace-normalised content), at most
+--cap-mb per distribution (in RECORD order), and split deterministically by content hash:
+files whose sha1 mod 100 is 0 form the validation split.
+Writes DIR/train.jsonl and DIR/val.jsonl ({"text", "path"} per line) and the manifest
+(distribution, version, license, files, bytes) to --manifest (default DIR/manifest.json).
 """
 import argparse
+import csv
+import email.parser
 import glob
 import hashlib
 import json
 import os
 import re
+import sys
+import sysconfig
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-DIST = "/usr/lib/python3/dist-packages"
-STDLIB = "/usr/lib/python3.11"
-
-# (package dir(s), metadata dir glob)
-PACKAGES = [
-    (["jinja2"], "Jinja2-*-info"),
-    (["markupsafe"], "MarkupSafe-*-info"),
-    (["click"], "click-*-info"),
-    (["attr", "attrs"], "attrs-*-info"),
-    (["charset_normalizer"], "charset_normalizer-*-info"),
-    (["colorama"], "colorama-*-info"),
-    (["dateutil"], "python_dateutil-*-info"),
-    (["distro"], "distro-*-info"),
-    (["yaml"], "PyYAML-*-info"),
-    (["blinker"], "blinker-*-info"),
-    (["babel"], "Babel-*-info"),
-    (["httplib2"], "httplib2-*-info"),
-    (["jwt"], "PyJWT-*-info"),
-    (["oauthlib"], "oauthlib-*-info"),
-    (["cryptography"], "cryptography-*-info"),
-    (["astunparse"], "astunparse-*-info"),
-    (["numpy"], "numpy-*-info"),
-    (["mpmath"], "mpmath-*-info"),
-]
-PERMISSIVE = ("BSD", "MIT", "Apache", "PSF", "Python Software Foundation")
-SKIP_DIRS = ("/site-packages/", "/dist-packages/", "/idlelib/", "/lib2to3/tests/data/", "/__pycache__/")
+PERMISSIVE = ("MIT", "BSD", "Apache", "PSF", "Python Software Foundation", "ISC", "Zlib",
+              "Unlicense", "HPND", "Historical Permission")
+REFUSE = ("GPL", "MPL", "Mozilla", "EPL", "Eclipse", "Proprietary", "proprietary", "Commercial",
+          "NVIDIA", "CC-BY-NC", "Other/")
+SKIP_PARTS = ("/__pycache__/", "/idlelib/", "/lib2to3/tests/data/", "/site-packages/", "/dist-packages/",
+              "/test/data/", "/tests/data/")
 
 
-def read_metadata(pattern):
-    ds = sorted(glob.glob(os.path.join(DIST, pattern)))
-    if not ds:
-        return None
-    d = ds[0]
-    for fn in ("METADATA", "PKG-INFO"):
-        p = os.path.join(d, fn)
-        if os.path.exists(p):
-            txt = open(p, encoding="utf-8", errors="replace").read()
-            head = txt.split("\n\n")[0]
-            meta = {"metadata": os.path.basename(d)}
-            for line in head.splitlines():
-                if line.startswith("Name:"):
-                    meta["name"] = line[5:].strip()
-                elif line.startswith("Version:"):
-                    meta["version"] = line[8:].strip()
-                elif line.startswith("License:"):
-                    meta["license"] = line[8:].strip()
-                elif line.startswith("Classifier: License ::"):
-                    meta.setdefault("classifiers", []).append(line[len("Classifier: "):].strip())
-            return meta
-    return None
+def license_of(meta):
+    """The license text used for the decision: License-Expression, else the first line of
+    License, plus every license classifier."""
+    parts = []
+    if meta.get("License-Expression"):
+        parts.append(meta["License-Expression"])
+    elif meta.get("License"):
+        parts.append(meta["License"].strip().splitlines()[0][:200] if meta["License"].strip() else "")
+    parts += [c for c in meta.get_all("Classifier", []) if c.startswith("License ::")]
+    return " | ".join(p for p in parts if p)
 
 
-def is_permissive(meta):
-    text = " ".join([meta.get("license", "")] + meta.get("classifiers", []))
-    return any(k in text for k in PERMISSIVE) and "GPL" not in text and "MPL" not in text
+def is_permissive(lic):
+    return any(k in lic for k in PERMISSIVE) and not any(k in lic for k in REFUSE)
 
 
 def good_text(t):
@@ -84,46 +57,67 @@ def good_text(t):
         return False
     if sum(len(x) for x in lines) / len(lines) > 100:
         return False
-    # generated tables: mostly numbers / string literals
-    digits = sum(c.isdigit() for c in t)
-    if digits / len(t) > 0.25:
+    if sum(c.isdigit() for c in t) / len(t) > 0.25:  # generated tables
         return False
-    non_ascii = sum(ord(c) > 127 for c in t)
-    return non_ascii / len(t) < 0.05
+    return sum(ord(c) > 127 for c in t) / len(t) < 0.05
 
 
 def norm_key(t):
     return hashlib.sha1(re.sub(r"\s+", " ", t).strip().encode()).hexdigest()
 
 
+def distributions(site):
+    """(name, version, license, [absolute .py paths]) for each *.dist-info in site."""
+    out = []
+    for d in sorted(glob.glob(os.path.join(site, "*.dist-info"))):
+        try:
+            with open(os.path.join(d, "METADATA"), encoding="utf-8", errors="replace") as f:
+                meta = email.parser.Parser().parse(f, headersonly=True)
+            with open(os.path.join(d, "RECORD"), encoding="utf-8", errors="replace") as f:
+                rows = [r[0] for r in csv.reader(f) if r]
+        except OSError:
+            continue
+        files = [os.path.normpath(os.path.join(site, r)) for r in rows if r.endswith(".py")]
+        out.append((meta.get("Name", os.path.basename(d)), meta.get("Version", "?"), license_of(meta), files))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(ROOT, "tmp", "demo-data"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--manifest")
+    ap.add_argument("--cap-mb", type=float, default=40.0)
+    ap.add_argument("--site", action="append", help="site-packages folder(s) to read instead of the interpreter's")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    sources = [("cpython-stdlib", [STDLIB], {"name": "CPython standard library", "version": "3.11",
-                                            "license": "PSF-2.0 (/usr/lib/python3.11/LICENSE.txt)"})]
-    for dirs, pat in PACKAGES:
-        meta = read_metadata(pat)
-        if meta is None or not is_permissive(meta):
-            print("skip", dirs, meta)
-            continue
-        sources.append((meta.get("name", dirs[0]), [os.path.join(DIST, d) for d in dirs], meta))
+    paths = sysconfig.get_paths()
+    stdlib = paths["stdlib"]
+    sites = a.site or sorted({paths["purelib"], paths["platlib"]})
+    std_files = sorted(p for p in glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True)
+                       if not any(s in p for s in SKIP_PARTS))
+    sources = [("CPython standard library", sys.version.split()[0],
+                "PSF-2.0 (%s/LICENSE.txt)" % stdlib, std_files)]
+    skipped = []
+    for site in sites:
+        for name, ver, lic, files in distributions(site):
+            if is_permissive(lic):
+                sources.append((name, ver, lic, files))
+            elif files:
+                skipped.append({"name": name, "version": ver, "license": lic, "py_files": len(files)})
     seen_exact, seen_norm = set(), set()
-    manifest = []
-    n_dup = 0
+    manifest, n_dup = [], 0
+    cap = int(a.cap_mb * 1e6)
     with open(os.path.join(a.out, "train.jsonl"), "w") as ftr, open(os.path.join(a.out, "val.jsonl"), "w") as fva:
-        for name, dirs, meta in sources:
-            files = []
-            for d in dirs:
-                files += sorted(glob.glob(os.path.join(d, "**", "*.py"), recursive=True))
+        for name, ver, lic, files in sources:
             nf = nb = nv = 0
             for p in files:
-                rel = "/" + os.path.relpath(p, os.path.dirname(dirs[0])) if name != "cpython-stdlib" else p
-                if any(s in rel for s in SKIP_DIRS):
+                if nb >= cap:
+                    break
+                if any(s in p for s in SKIP_PARTS[:3]):
                     continue
                 try:
-                    t = open(p, encoding="utf-8").read()
+                    with open(p, encoding="utf-8") as f:
+                        t = f.read()
                 except (UnicodeDecodeError, OSError):
                     continue
                 t = t.replace("\r\n", "\n").strip("\n") + "\n"
@@ -137,25 +131,26 @@ def main():
                 seen_exact.add(h)
                 seen_norm.add(k)
                 rec = json.dumps({"text": t, "path": p}) + "\n"
-                if int(h[:8], 16) % 100 < 2:
+                if int(h[:8], 16) % 100 == 0:
                     fva.write(rec)
                     nv += 1
                 else:
                     ftr.write(rec)
                 nf += 1
                 nb += len(t.encode())
-            entry = dict(meta)
-            entry.update({"source": name, "paths": dirs, "files": nf, "bytes": nb, "val_files": nv})
-            manifest.append(entry)
-            print("%-28s %-40s files %5d  %9d bytes" % (name, entry.get("license", "")[:40], nf, nb))
-    out = {"python": "/usr/bin/python3 scripts/demo/make_corpus.py", "duplicates_dropped": n_dup,
-           "split": "validation = files whose sha1(content) mod 100 < 2", "sources": manifest,
-           "total_files": sum(m["files"] for m in manifest), "total_bytes": sum(m["bytes"] for m in manifest)}
-    os.makedirs(os.path.join(ROOT, "models", "demo", "training"), exist_ok=True)
-    with open(os.path.join(ROOT, "models", "demo", "training", "manifest.json"), "w") as f:
+            if nf:
+                manifest.append({"name": name, "version": ver, "license": lic, "files": nf, "bytes": nb,
+                                 "val_files": nv})
+    out = {"command": "python3 scripts/demo/make_corpus.py", "python": sys.version.split()[0],
+           "site_packages": sites, "duplicates_dropped": n_dup, "cap_bytes_per_distribution": cap,
+           "split": "validation = files whose sha1(content) mod 100 == 0",
+           "total_files": sum(m["files"] for m in manifest), "total_bytes": sum(m["bytes"] for m in manifest),
+           "sources": manifest, "left_out_not_permissive": skipped}
+    with open(a.manifest or os.path.join(a.out, "manifest.json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
-    print("total", out["total_files"], "files", out["total_bytes"], "bytes; duplicates dropped", n_dup)
+    print("corpus: %d distributions, %d files, %.1f MB; duplicates dropped %d; left out (license) %d"
+          % (len(manifest), out["total_files"], out["total_bytes"] / 1e6, n_dup, len(skipped)), flush=True)
 
 
 if __name__ == "__main__":
