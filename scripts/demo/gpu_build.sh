@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_build.sh: build the demo model from nothing on the GPU machine (transformers 5, tokenizers,
 # PyTorch with CUDA), in one command:
-#   MINUTES=7 scripts/demo/gpu_build.sh OUTDIR
+#   MINUTES=7 [DEADLINE=unix-time] scripts/demo/gpu_build.sh OUTDIR
 # 1. corpus from the machine's installed Python sources (make_corpus.py, permissive licenses)
 # 2. instruction pairs (chat_data.py), 3. byte-level BPE with HF tokenizers (tokenizer_hf.py),
 # 4. training with transformers' Qwen2MoeForCausalLM, save_pretrained (train_hf.py),
@@ -29,6 +29,7 @@ stage tokenizer
 python3 scripts/demo/tokenizer_hf.py --data "$W/data" --out "$W/tok" --sample-mb "$SAMPLE_MB"
 stage "training ($MINUTES min)"
 python3 scripts/demo/train_hf.py --data "$W/data" --tok "$W/tok" --work "$W/train" --minutes "$MINUTES" --seed "$SEED" \
+    --deadline "${DEADLINE:-0}" \
     2>&1 | tee "$OUTDIR/demo/training/train.log"
 cp "$W/train/train.json" "$OUTDIR/demo/training/train.json"
 cp "$W/tok/tokenizer.json" "$W/tok/tokenizer_config.json" "$W/train/hf/"

@@ -89,6 +89,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds")
     ap.add_argument("--chat-frac", type=float, default=0.2)
+    ap.add_argument("--deadline", type=float, default=0, help="unix time by which training must end")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     dev = "cuda"
@@ -127,6 +128,9 @@ def main():
     rng = np.random.default_rng(a.seed)
     n_chat = int(round(a.batch * a.chat_frac))
     budget = a.minutes * 60
+    if a.deadline:
+        budget = max(30.0, min(budget, a.deadline - time.time()))
+    print("training budget %.0f s" % budget, flush=True)
     step, ema, log = 0, None, []
     t0 = time.time()
     while True:
