@@ -4,7 +4,12 @@
  * scales in BF16/F16/F32, batch sizes 1..9 and 1/2/3 threads. Results must also be
  * bitwise the same for every thread count and batch size. The packed layout is built
  * here from MLX's byte-level definition (extract_bits in mlx/backend/cpu/quantized.cpp)
- * independently of the library's unpacking. */
+ * independently of the library's unpacking.
+ * The integer affine kernels (activation digits, 3 or 2 per column: kern.h) are also
+ * compared bitwise with their scalar reference (fm__rows_digits_ref) for both digit
+ * counts, their digit preparation bitwise with fm__xq_prep_ref, and the reference's
+ * error is bounded against a float64 dot product (the bound derived from the 2^-(8D-1)
+ * rounding per chunk and the float32 accumulation). */
 #include "backend/backend.h"
 #include "backend/cpu/kern.h"
 #include "common.h"
@@ -276,6 +281,248 @@ static void test_path(const char *path) {
         }
 }
 
+/* ---- activation digits ------------------------------------------------------------------ */
+
+/* A row of x with chunks of very different size (so the per-chunk scales matter) and, if
+ * `special`, a zero chunk, a tiny one (below 2^-100) and an exactly representable one. */
+static void digits_x(float *x, int64_t cols, int special) {
+    for (int64_t c = 0; c < cols / 64; c++) {
+        float mag = ldexpf(1.0f, (int)(rnd() % 24) - 12);
+        for (int k = 0; k < 64; k++) x[c * 64 + k] = frand() * mag;
+        if (special && c % 5 == 1) for (int k = 0; k < 64; k++) x[c * 64 + k] = 0;
+        if (special && c % 5 == 2) for (int k = 0; k < 64; k++) x[c * 64 + k] = frand() * 1e-32f;
+        if (special && c % 5 == 3) for (int k = 0; k < 64; k++) x[c * 64 + k] = (float)((int)(rnd() % 200) - 100);
+    }
+}
+
+/* fm__xq_prep_ref against its contract (kern.h), and every SIMD preparation bitwise
+ * against it. */
+static void test_prep(void) {
+    static const int64_t cols_list[] = {64, 128, 192, 320, 2048};
+    int ok_ref = 1, ok_simd = 1, nsimd = 0;
+    for (int D = 2; D <= 3; D++)
+        for (int bits = 3; bits <= 8; bits++) {
+            if (bits != 3 && bits != 4 && bits != 8) continue;
+            for (size_t ci = 0; ci < FM_ARRAY_LEN(cols_list); ci++) {
+                int64_t cols = cols_list[ci], nc = cols / 64;
+                float *x = malloc((size_t)cols * sizeof *x), *s = malloc((size_t)nc * sizeof *s);
+                int8_t *q = malloc((size_t)FM_XQ_BYTES(cols, D));
+                digits_x(x, cols, 1);
+                if (cols == 320) x[130] = NAN, x[200] = INFINITY; /* chunks 2 and 3: s = NaN */
+                fm__xq_prep_ref(x, cols, bits, D, q, s);
+                const int K = 8 * D - 2;
+                for (int64_t c = 0; c < nc && ok_ref; c++) {
+                    float amax = 0;
+                    int bad = 0;
+                    for (int k = 0; k < 64; k++) {
+                        if (!isfinite(x[c * 64 + k])) bad = 1;
+                        else amax = fmaxf(amax, fabsf(x[c * 64 + k]));
+                    }
+                    if (bad) { if (!isnan(s[c])) ok_ref = 0; continue; }
+                    if (amax < 1e-30f) { if (s[c] != 0) ok_ref = 0; continue; }
+                    int e;
+                    frexpf(amax, &e);
+                    if (s[c] != ldexpf(1.0f, e - K)) ok_ref = 0;
+                    for (int k = 0; k < 64; k++) {
+                        int64_t m = 0;
+                        for (int d = 0; d < D; d++) {
+                            int8_t dg = q[fm__xq_at(bits, D, cols, c, k, d)];
+                            if (d == 0 && (dg < -64 || dg > 64)) ok_ref = 0;
+                            m = m * 256 + dg;
+                        }
+                        double err = fabs((double)x[c * 64 + k] - (double)m * s[c]);
+                        if (m > (1 << K) || m < -(1 << K) || err > 0.5 * s[c]) {
+                            ok_ref = 0;
+                            printf("# prep ref D%d bits %d cols %lld chunk %lld col %d: m %lld err %g s %g\n", D, bits,
+                                   (long long)cols, (long long)c, k, (long long)m, err, s[c]);
+                            break;
+                        }
+                    }
+                }
+#if defined(__x86_64__) || defined(__i386__)
+                for (int w = 0; w < 2; w++) {
+                    const char *path = w ? "avx512" : "avx2";
+                    if (!fm__kernel_force(path)) continue;
+                    float *s2 = malloc((size_t)nc * sizeof *s2);
+                    int8_t *q2 = malloc((size_t)FM_XQ_BYTES(cols, D));
+                    if (w) fm__xq_prep_avx512(x, cols, bits, D, q2, s2);
+                    else fm__xq_prep_avx2(x, cols, bits, D, q2, s2);
+                    nsimd++;
+                    if (memcmp(q, q2, (size_t)FM_XQ_BYTES(cols, D)) != 0 || memcmp(s, s2, (size_t)nc * sizeof *s) != 0) {
+                        ok_simd = 0;
+                        printf("# %s prep D%d bits %d cols %lld differs from the reference\n", path, D, bits, (long long)cols);
+                    }
+                    free(s2); free(q2);
+                }
+#endif
+                free(x); free(s); free(q);
+            }
+        }
+    CHECK(ok_ref, "fm__xq_prep_ref: digits in range, |x - m s| <= s/2, s = 2^(e-K), NaN/Inf/zero/tiny chunks");
+    CHECK(ok_simd, "SIMD digit preparations bitwise equal to fm__xq_prep_ref (%d cases)", nsimd);
+}
+
+/* The reference digit kernel on W for X (n rows): its own kargs. */
+static void digits_ref(const fm__mat *W, const float *X, int64_t ldx, int64_t n, int D, float *Y, int64_t ldy) {
+    int64_t ng = W->cols / W->group, nc = W->cols / 64, xqb = FM_XQ_BYTES(W->cols, D);
+    float *xs = malloc((size_t)(n * ng) * sizeof *xs), *xqs = malloc((size_t)(n * nc) * sizeof *xqs);
+    int8_t *xq = malloc((size_t)(n * xqb));
+    for (int64_t b = 0; b < n; b++) {
+        fm__xsum(X + b * ldx, W->cols, W->group, xs + b * ng);
+        fm__xq_prep_ref(X + b * ldx, W->cols, W->bits, D, xq + b * xqb, xqs + b * nc);
+    }
+    fm__kargs ka = {xs, ng, xq, xqb, xqs, nc, D};
+    fm__rows_digits_ref(W, 0, W->rows, X, ldx, n, Y, ldy, &ka);
+    free(xs); free(xqs); free(xq);
+}
+
+/* Does `path` run W through the digit kernels? */
+static int uses_digits(const char *path, const fm__mat *W) {
+    if (W->type != FM_W_QAFFINE || W->cols % 64 != 0) return 0;
+    if (strcmp(path, "avx512vnni") == 0) return 1;
+    if (strcmp(path, "avx2") == 0) return W->bits == 4;
+    return 0;
+}
+
+/* The path's digit kernels on W, D digits: bitwise equal to fm__rows_digits_ref for batch
+ * sizes 1..5 (one call) and 1..3 threads. */
+static void check_digits(const char *path, const fm__mat *W, int D, const char *what) {
+    const int64_t N = 5, ldx = W->cols + 5, ldy = W->rows + 2;
+    float *X = malloc((size_t)(N * ldx) * sizeof *X);
+    for (int64_t b = 0; b < N; b++) digits_x(X + b * ldx, W->cols, b == 2);
+    float *ref = calloc((size_t)(N * ldy), sizeof *ref), *Y = calloc((size_t)(N * ldy), sizeof *Y);
+    digits_ref(W, X, ldx, N, D, ref, ldy);
+    fm__kernel_force(path);
+    int old = fm__kern_set_act_digits(D), same = 1;
+    for (int t = 1; t <= 3 && same; t++)
+        for (int64_t n = 1; n <= N && same; n += (t == 1 ? 1 : 4)) {
+            for (int64_t i = 0; i < N * ldy; i++) Y[i] = NAN;
+            fm__matmul(g_pool[t], W, X, ldx, n, Y, ldy);
+            for (int64_t b = 0; b < n && same; b++)
+                for (int64_t r = 0; r < W->rows; r++)
+                    if (memcmp(&Y[b * ldy + r], &ref[b * ldy + r], sizeof(float)) != 0) {
+                        same = 0;
+                        printf("# %s %s D%d: threads %d n %lld: row %lld of x %lld: %.9g, reference %.9g\n", path, what, D, t,
+                               (long long)n, (long long)r, (long long)b, Y[b * ldy + r], ref[b * ldy + r]);
+                        break;
+                    }
+        }
+    fm__kern_set_act_digits(old);
+    CHECK(same, "%s %s, %d digits: bitwise equal to the digit reference (batch 1-5, threads 1-3)", path, what, D);
+    free(X); free(ref); free(Y);
+}
+
+static void test_digits_path(const char *path) {
+    static const int bits_list[] = {2, 3, 4, 5, 6, 8};
+    static const int groups[] = {32, 64, 128};
+    static const fm__dtype sdts[] = {FM_DT_BF16, FM_DT_F16, FM_DT_F32};
+    char what[128];
+    int n = 0;
+    for (int D = 2; D <= 3; D++)
+        for (size_t bi = 0; bi < FM_ARRAY_LEN(bits_list); bi++)
+            for (size_t gi = 0; gi < 3; gi++) {
+                int bits = bits_list[bi], g = groups[gi];
+                /* odd chunk counts (a last unpaired 4-bit chunk) where the group allows */
+                int64_t cols_list[2] = {g == 128 ? 384 : 192, g == 128 ? 2048 : 320};
+                for (int ci = 0; ci < 2; ci++)
+                    for (int si = 0; si < 3; si++) {
+                        if (si != (int)((bi + gi + ci) % 3) && !(bits == 4 && ci == 0)) continue;
+                        tmat m;
+                        int64_t rows = ci ? 263 : 11;
+                        tmat_make(&m, FM_W_QAFFINE, rows, cols_list[ci], bits, g, sdts[si]);
+                        if (!uses_digits(path, &m.m)) { tmat_free(&m); continue; }
+                        snprintf(what, sizeof what, "Q%d g%d %s %lldx%lld", bits, g, fm__dtype_name(sdts[si]),
+                                 (long long)rows, (long long)cols_list[ci]);
+                        check_digits(path, &m.m, D, what);
+                        tmat_free(&m);
+                        n++;
+                    }
+            }
+    if (n == 0) printf("# %s: no digit kernels\n", path);
+}
+
+/* The digit reference against a float64 dot product of the dequantized (affine, exact in
+ * double) weights: per output |y - y64| <= Eq + Ef with
+ *   Eq = sum_j |scale_g q_j| 2^(e_c - K - 1)     (x_j rounded to m_j s_c, kern.h)
+ *   Ef = u ((steps + ceil(ng/16) + 7) (A + B) + (G/8 + 3) B),  u = 2^-24,
+ *   A = sum_j |scale_g q_j| (|x_j| + s_c/2),  B = sum_g |bias_g| sum_{j in g} |x_j|
+ * (float32 fma per lane and step, the bias lanes, the lane sum; the group sums of x).
+ * Random inputs keep well inside it; an input built so that every rounding has the same
+ * sign reaches 3/4 of Eq, so the bound is tight enough to see a lost bit. */
+static double digits_err(const tmat *t, const float *x, int D, float *y, double *worst_ratio) {
+    const fm__mat *W = &t->m;
+    const int64_t C = W->cols, ng = C / W->group, nc = C / 64;
+    const int K = 8 * D - 2;
+    digits_ref(W, x, C, 1, D, y, W->rows);
+    double steps = W->bits == 4 ? nc / 2 + 1 : nc;
+    for (int64_t r = 0; r < W->rows; r++) {
+        double y64 = 0, Eq = 0, A = 0, B = 0;
+        for (int64_t g = 0; g < ng; g++) {
+            double sc = fm__ld_scale(W->scales, W->sdt, r * ng + g), bi = fm__ld_scale(W->biases, W->sdt, r * ng + g);
+            double dq = 0, ax = 0, sx = 0;
+            for (int64_t j = g * W->group; j < (g + 1) * W->group; j++) {
+                float amax = 0;
+                for (int k = 0; k < 64; k++) amax = fmaxf(amax, fabsf(x[j / 64 * 64 + k]));
+                int e;
+                frexpf(amax, &e);
+                double s = amax > 0 ? ldexp(1.0, e - K) : 0, w = fabs(sc * t->q[r * C + j]);
+                dq += t->q[r * C + j] * (double)x[j];
+                sx += x[j];
+                ax += fabs(x[j]);
+                Eq += w * s / 2;
+                A += w * (fabs(x[j]) + s / 2);
+            }
+            y64 += sc * dq + bi * sx;
+            B += fabs(bi) * ax;
+        }
+        double Ef = ldexp(1.0, -24) * ((steps + (ng + 15) / 16 + 7) * (A + B) + (W->group / 8 + 3) * B);
+        double ratio = fabs((double)y[r] - y64) / (Eq + Ef);
+        if (!(ratio <= *worst_ratio)) *worst_ratio = ratio;
+    }
+    (void)nc;
+    return 0;
+}
+
+static void test_digits_error(void) {
+    static const int bits_list[] = {2, 3, 4, 5, 6, 8};
+    static const int groups[] = {32, 64, 128};
+    for (int D = 2; D <= 3; D++) {
+        double worst = 0;
+        for (size_t bi = 0; bi < FM_ARRAY_LEN(bits_list); bi++)
+            for (size_t gi = 0; gi < 3; gi++) {
+                tmat m;
+                tmat_make(&m, FM_W_QAFFINE, 37, groups[gi] == 128 ? 1024 : 960, bits_list[bi], groups[gi],
+                          (fm__dtype[]){FM_DT_BF16, FM_DT_F16, FM_DT_F32}[(bi + gi) % 3]);
+                float *x = malloc((size_t)m.m.cols * sizeof *x), *y = malloc((size_t)m.m.rows * sizeof *y);
+                for (int rep = 0; rep < 3; rep++) {
+                    digits_x(x, m.m.cols, rep == 1);
+                    digits_err(&m, x, D, y, &worst);
+                }
+                free(x); free(y);
+                tmat_free(&m);
+            }
+        CHECK(worst <= 1.0, "%d digits: random inputs within the derived error bound (worst %.3f of it)", D, worst);
+        /* aligned roundings: q = 15, positive scales, no bias, x_j = (m_j + 3/8) s with
+         * s = 2^(3-K) (one element 2^(K-1) s = 4 sets e = 3), so every x_j rounds down by 3/8 s;
+         * m_j < 2^12 keeps x_j exact in float and the float32 terms small */
+        tmat m;
+        tmat_make(&m, FM_W_QAFFINE, 3, 512, 4, 64, FM_DT_F32);
+        for (int64_t i = 0; i < 3 * 512; i++) m.q[i] = 15;
+        for (int64_t r = 0; r < 3; r++) mlx_pack(m.q + r * 512, 512, 4, (uint8_t *)m.data + r * 256);
+        for (int64_t i = 0; i < 3 * 8; i++) ((float *)m.scales)[i] = 0.01f + 0.001f * (float)i, ((float *)m.biases)[i] = 0;
+        float x[512], y[3];
+        const int K = 8 * D - 2;
+        for (int j = 0; j < 512; j++) {
+            int64_t mj = j % 64 == 0 ? (1 << (K - 1)) : (int64_t)(rnd() % 4096);
+            x[j] = ldexpf((float)mj + (j % 64 == 0 ? 0.0f : 0.375f), 3 - K);
+        }
+        double tight = 0;
+        digits_err(&m, x, D, y, &tight);
+        CHECK(tight <= 1.0 && tight >= 0.6, "%d digits: aligned roundings reach %.3f of the bound (0.6..1)", D, tight);
+        tmat_free(&m);
+    }
+}
+
 /* ---- thread pool ----------------------------------------------------------------------- */
 
 typedef struct { _Atomic int *hits; fm__pool *p; _Atomic int nested; } pctx;
@@ -368,11 +615,14 @@ int main(void) {
     test_pool();
     test_packing();
     for (int t = 1; t <= 3; t++) g_pool[t] = fm__pool_new(t);
+    test_prep();
+    test_digits_error();
     int tested = 0;
     for (size_t i = 0; i < FM_ARRAY_LEN(g_paths); i++) {
         if (!fm__kernel_force(g_paths[i])) { printf("# path %s not available here\n", g_paths[i]); continue; }
         test_path(g_paths[i]);
         test_multi(g_paths[i]);
+        test_digits_path(g_paths[i]);
         tested++;
     }
     CHECK(tested >= 1, "%d kernel paths tested", tested);

@@ -1,8 +1,10 @@
 /* dispatch.c: fm__matmul for the CPU backend. Picks the kernel path once at run time
  * (cpuid on x86-64, NEON on ARM64, scalar elsewhere; $FM_KERNEL names another available
  * path, fm__kernel_force overrides it for tests), makes the per-call preparations of X
- * that the quantized SIMD kernels need, and splits the output rows over the thread pool. Work is split only over rows, so results
- * are bitwise the same for any thread count and any batch size. */
+ * that the quantized SIMD kernels need (the activation digits: 3 per column, or 2 with
+ * $FM_ACT_DIGITS=2 or fm__kern_set_act_digits), and splits the output rows over the
+ * thread pool. Work is split only over rows, so results are bitwise the same for any
+ * thread count and any batch size. */
 #include "backend/cpu/kern.h"
 #include "common.h"
 
@@ -14,8 +16,8 @@ typedef struct {
     const char *name;
     fm__rows_fn fn;
     int (*avail)(void);
-    /* 4- and 8-bit affine activation digits (fm__kargs.xq), or NULL */
-    void (*xq_prep)(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
+    /* affine activation digits (fm__kargs.xq), or NULL */
+    void (*xq_prep)(const float *x, int64_t cols, int bits, int digits, int8_t *xq, float *s);
     int xq_all; /* the digits are used for every bit width, not only 4 */
 } kpath;
 
@@ -59,10 +61,14 @@ static const kpath g_paths[] = {
     {"scalar", fm__rows_scalar, avail_yes, NULL, 0},
 };
 static const kpath *g_cur;
+static int g_digits = 3; /* activation digits of the integer kernels */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
-/* The best available path, or the one named by $FM_KERNEL when it is available. */
+/* The best available path, or the one named by $FM_KERNEL when it is available; the
+ * activation digits from $FM_ACT_DIGITS (2 or 3). */
 static void pick_path(void) {
+    const char *dg = getenv("FM_ACT_DIGITS");
+    if (dg && (strcmp(dg, "2") == 0 || strcmp(dg, "3") == 0)) g_digits = dg[0] - '0';
     const char *env = getenv("FM_KERNEL");
     for (size_t i = 0; env && *env && i < FM_ARRAY_LEN(g_paths); i++)
         if (strcmp(g_paths[i].name, env) == 0 && g_paths[i].avail()) { g_cur = &g_paths[i]; return; }
@@ -76,6 +82,13 @@ static const kpath *cur_path(void) {
 }
 
 const char *fm__kernel_path(void) { return cur_path()->name; }
+
+int fm__kern_set_act_digits(int digits) {
+    cur_path();
+    int old = g_digits;
+    if (digits == 2 || digits == 3) g_digits = digits;
+    return old;
+}
 
 int fm__kernel_force(const char *path) {
     cur_path();
@@ -138,7 +151,7 @@ static void run_rows(fm__pool *p, mm_job *j) {
  * chunks that fit. Whether a matrix uses the xq kernels depends only on its shape. */
 #define XS_FLOATS FM_XSUM_MAX            /* group sums */
 #define XQ_BYTES (64 * 1024)             /* activation digits + chunk scales */
-#define XQ_ROW_BYTES(cols) ((cols) * 3 + (cols) / 64 * 4)
+#define XQ_ROW_BYTES(cols, D) (FM_XQ_BYTES(cols, D) + (cols) / 64 * 4)
 
 void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int64_t n,
                 float *Y, int64_t ldy) {
@@ -162,22 +175,24 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
         run_rows(p, &j);
         return;
     }
-    int use_xq = k->xq_prep && (W->bits == 4 || k->xq_all) && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols) <= XQ_BYTES;
+    const int D = g_digits;
+    const int64_t xqb = FM_XQ_BYTES(W->cols, D);
+    int use_xq = k->xq_prep && (W->bits == 4 || k->xq_all) && W->cols % 64 == 0 && XQ_ROW_BYTES(W->cols, D) <= XQ_BYTES;
     float xs[XS_FLOATS];
     _Alignas(64) int8_t xq[XQ_BYTES];
     int64_t per = XS_FLOATS / ng;
-    if (use_xq) per = FM_MIN(per, XQ_BYTES / XQ_ROW_BYTES(W->cols));
+    if (use_xq) per = FM_MIN(per, XQ_BYTES / XQ_ROW_BYTES(W->cols, D));
     for (int64_t b0 = 0; b0 < n; b0 += per) {
         int64_t nb = FM_MIN(per, n - b0);
-        float *xqs = use_xq ? (float *)(xq + nb * W->cols * 3) : NULL;
+        float *xqs = use_xq ? (float *)(xq + nb * xqb) : NULL;
         for (int64_t b = 0; b < nb; b++) {
             fm__xsum(X + (b0 + b) * ldx, W->cols, W->group, xs + b * ng);
-            if (use_xq) k->xq_prep(X + (b0 + b) * ldx, W->cols, W->bits, xq + b * W->cols * 3, xqs + b * (W->cols / 64));
+            if (use_xq) k->xq_prep(X + (b0 + b) * ldx, W->cols, W->bits, D, xq + b * xqb, xqs + b * (W->cols / 64));
         }
         j.X = X + b0 * ldx;
         j.Y = Y + b0 * ldy;
         j.n = nb;
-        j.ka = (fm__kargs){xs, ng, use_xq ? xq : NULL, W->cols * 3, xqs, W->cols / 64};
+        j.ka = (fm__kargs){xs, ng, use_xq ? xq : NULL, xqb, xqs, W->cols / 64, D};
         run_rows(p, &j);
     }
 }
@@ -226,6 +241,7 @@ void fm__matvec_multi(fm__pool *p, int32_t nm, const fm__mat *const *W, const fl
     _Alignas(64) int8_t xq[XQ_BYTES];
     int64_t xs_used = 0, xq_used = 0;
     int last = -1; /* job whose preparations the next one may share */
+    const int D = g_digits;
     for (int32_t i = 0; i < nm; i++) {
         const fm__mat *w = W[i];
         if (w->rows <= 0) continue;
@@ -235,25 +251,25 @@ void fm__matvec_multi(fm__pool *p, int32_t nm, const fm__mat *const *W, const fl
             continue;
         }
         int use_xq = k->xq_prep && (w->bits == 4 || k->xq_all) && w->cols % 64 == 0 &&
-                     XQ_ROW_BYTES(w->cols) <= XQ_BYTES;
+                     XQ_ROW_BYTES(w->cols, D) <= XQ_BYTES;
         mm_job j = {k->fn, w, x[i], y[i], w->cols, 1, w->rows, 0, {0}};
         const mm_job *lj = last >= 0 && b.nj > last ? &b.j[last] : NULL;
         if (lj && lj->X == x[i] && lj->W->cols == w->cols && lj->W->group == w->group &&
             lj->W->bits == w->bits && (lj->ka.xq != NULL) == use_xq) {
             j.ka = lj->ka; /* same input, same preparations */
         } else {
-            int64_t xqb = use_xq ? (w->cols * 3 + w->cols / 64 * 4 + 63) / 64 * 64 : 0;
+            int64_t xqb = use_xq ? (XQ_ROW_BYTES(w->cols, D) + 63) / 64 * 64 : 0;
             if (b.nj == MV_MAX || xs_used + ng > XS_FLOATS || xq_used + xqb > XQ_BYTES) {
                 mv_flush(p, &b);
                 xs_used = xq_used = 0;
             }
             float *s = xs + xs_used;
             fm__xsum(x[i], w->cols, w->group, s);
-            j.ka = (fm__kargs){s, ng, NULL, w->cols * 3, NULL, w->cols / 64};
+            j.ka = (fm__kargs){s, ng, NULL, FM_XQ_BYTES(w->cols, D), NULL, w->cols / 64, D};
             if (use_xq) {
                 int8_t *q = xq + xq_used;
-                float *qs = (float *)(q + w->cols * 3);
-                k->xq_prep(x[i], w->cols, w->bits, q, qs);
+                float *qs = (float *)(q + FM_XQ_BYTES(w->cols, D));
+                k->xq_prep(x[i], w->cols, w->bits, D, q, qs);
                 j.ka.xq = q;
                 j.ka.xqs = qs;
             }

@@ -12,10 +12,11 @@
 typedef struct fm__kargs {
     const float *xs;   /* group sums of X (fm__xsum): FM_W_QAFFINE on the SIMD paths */
     int64_t ldxs;
-    const int8_t *xq;  /* X as three int8 digits per 64 columns (fm__xq_prep_*): affine */
-    int64_t ldxq;      /*   weights on the avx512vnni path, 4-bit ones on the avx2 path */
+    const int8_t *xq;  /* X as int8 digits per 64 columns (fm__xq_prep_*): affine weights */
+    int64_t ldxq;      /*   on the avx512vnni path, 4-bit ones on the avx2 and neon paths */
     const float *xqs;  /* the scale of each 64-column chunk of xq */
     int64_t ldxqs;
+    int digits;        /* digits per activation in xq: 3 (23-bit) or 2 (15-bit fixed point) */
 } fm__kargs;
 
 /* Computes Y[b*ldy + r] = sum_c W[r][c] * X[b*ldx + c] for r in [r0, r1), b in [0, n).
@@ -28,18 +29,45 @@ typedef void (*fm__rows_fn)(const fm__mat *W, int64_t r0, int64_t r1, const floa
     void name(const fm__mat *W, int64_t r0, int64_t r1, const float *X, int64_t ldx, int64_t n, \
               float *Y, int64_t ldy, const fm__kargs *ka)
 FM_ROWS_DECL(fm__rows_scalar);
+
+/* ---- activation digits (the integer affine kernels) ----------------------------------
+ * fm__xq_prep_* write x[0..cols) (cols % 64 == 0) once per call as D = `digits` (2 or 3)
+ * int8 digits per column and one scale per 64-column chunk c: with K = 8*D - 2 (22 or
+ * 14) and 2^e the smallest power of two above the chunk's largest |x| (frexpf),
+ *   m_j = rint(x_j * 2^(K-e)),  |m_j| <= 2^K,  s[c] = 2^(e-K),  x_j ~ m_j * s[c]
+ * (so |x_j - m_j s[c]| <= 2^(e-K-1): 2^-23 or 2^-15 of 2^e), m_j split into digits
+ * most significant first, each but the first in [-128, 127]:
+ *   D = 3: m = (a*256 + b)*256 + c;  D = 2: m = a*256 + b.
+ * A chunk with a NaN or Inf has zero digits and s = NaN; a chunk of zeros, or with
+ * e < -100, zero digits and s = 0.
+ * Layout of one row (FM_XQ_BYTES(cols, D) bytes, chunk c at c*64*D): for bits != 4 digit
+ * d of column k of chunk c at c*64*D + d*64 + k. For bits == 4 the chunks go in pairs
+ * (2p, 2p+1) matching one 64-byte load of packed weights (low nibbles = even columns):
+ * digit d of the pair at p*128*D + d*128: [even columns of 2p][even of 2p+1][odd of 2p]
+ * [odd of 2p+1], 32 bytes each; a last unpaired chunk at c*64*D + d*64: [even][odd].
+ *
+ * The kernels then compute, per output, exactly what fm__rows_digits_ref does: 16 float
+ * lanes, lane l taking the exact int32 dot product sum q_j m_j over a fixed set of 8 (Q4)
+ * or 4 (other bits) columns of one chunk per step, converted to float and accumulated
+ * as acc_l = fma(t_l, scale_g * s[c], acc_l), then the bias terms and a fixed lane-sum
+ * tree; so every path that implements them gives the same bits. */
+#define FM_XQ_BYTES(cols, D) ((cols) * (D))
+int64_t fm__xq_at(int bits, int D, int64_t cols, int64_t c, int k, int d);
+void fm__xq_prep_ref(const float *x, int64_t cols, int bits, int digits, int8_t *xq, float *s);
+FM_ROWS_DECL(fm__rows_digits_ref); /* needs ka->xs, xq, xqs (from fm__xq_prep_ref), digits */
+
+/* Activation digits of the integer kernels from now on: 2 or 3 (the default, or
+ * $FM_ACT_DIGITS at the first call). Returns the previous value; other values change
+ * nothing. Not to be called while a matmul runs. */
+int fm__kern_set_act_digits(int digits);
+
 #if defined(__x86_64__) || defined(__i386__)
 FM_ROWS_DECL(fm__rows_avx2);
 FM_ROWS_DECL(fm__rows_avx512);
 FM_ROWS_DECL(fm__rows_avx512vnni);
-/* Writes x[0..cols) (cols % 64 == 0) as xq: per 64-column chunk, 3 x 64 int8 digits
- * (a, b, c: x ~ (a*65536 + b*256 + c) * s, |m| <= 2^22; the columns of each digit in
- * the order even then odd for bits == 4, in order otherwise) and s[chunk] = 2^(e-22)
- * where 2^e bounds the chunk's |x|. */
-void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
-/* The same digits for the avx2 path (4 bits): each 32-column half of a chunk is stored as
- * its even columns then its odd columns. */
-void fm__xq_prep_avx2(const float *x, int64_t cols, int bits, int8_t *xq, float *s);
+/* fm__xq_prep_ref's digits and scales, bitwise. */
+void fm__xq_prep_avx512(const float *x, int64_t cols, int bits, int digits, int8_t *xq, float *s);
+void fm__xq_prep_avx2(const float *x, int64_t cols, int bits, int digits, int8_t *xq, float *s);
 #endif
 #if defined(__aarch64__)
 FM_ROWS_DECL(fm__rows_neon);

@@ -16,6 +16,8 @@
 #include "backend/cpu/kern.h"
 #include "common.h"
 
+#include <math.h>
+
 /* Integer value j of a packed row (bits in 2..8). */
 static inline uint32_t qget(const uint32_t *w, int32_t bits, int64_t j) {
     uint64_t bit = (uint64_t)j * (uint64_t)bits;
@@ -109,6 +111,146 @@ FM_ROWS_DECL(fm__rows_scalar) {
                 for (int b = 0; b < nb; b++) acc[b] += w * (double)X[(b0 + b) * ldx + j];
             }
             for (int b = 0; b < nb; b++) Y[(b0 + b) * ldy + r] = (float)acc[b];
+        }
+    }
+}
+
+/* ---- activation digits: the reference of the integer kernels (kern.h) ---------------- */
+
+int64_t fm__xq_at(int bits, int D, int64_t cols, int64_t c, int k, int d) {
+    int64_t nc = cols / 64;
+    if (bits != 4) return c * 64 * D + d * 64 + k;
+    if (c < (nc & ~(int64_t)1)) /* chunk of a pair */
+        return (c >> 1) * 128 * D + d * 128 + (k & 1) * 64 + (c & 1) * 32 + k / 2;
+    return c * 64 * D + d * 64 + (k & 1) * 32 + k / 2;
+}
+
+void fm__xq_prep_ref(const float *x, int64_t cols, int bits, int digits, int8_t *xq, float *s) {
+    const int D = digits == 2 ? 2 : 3, K = 8 * D - 2;
+    for (int64_t c = 0; c < cols / 64; c++) {
+        const float *p = x + c * 64;
+        float amax = 0;
+        int bad = 0;
+        for (int k = 0; k < 64; k++) {
+            if (isnan(p[k]) || isinf(p[k])) bad = 1;
+            else if (fabsf(p[k]) > amax) amax = fabsf(p[k]);
+        }
+        int e = 0;
+        if (amax > 0) frexpf(amax, &e);
+        if (bad || amax == 0 || e < -100) {
+            for (int k = 0; k < 64; k++)
+                for (int d = 0; d < D; d++) xq[fm__xq_at(bits, D, cols, c, k, d)] = 0;
+            s[c] = bad ? NAN : 0.0f;
+            continue;
+        }
+        s[c] = ldexpf(1.0f, e - K);
+        for (int k = 0; k < 64; k++) {
+            int32_t m = (int32_t)lrintf(ldexpf(p[k], K - e)); /* exact scaling, then round */
+            int8_t dg[3];
+            for (int d = D - 1; d > 0; d--) {
+                int32_t lo = ((m + 128) & 255) - 128;
+                dg[d] = (int8_t)lo;
+                m = (m - lo) / 256;
+            }
+            dg[0] = (int8_t)m;
+            for (int d = 0; d < D; d++) xq[fm__xq_at(bits, D, cols, c, k, d)] = dg[d];
+        }
+    }
+}
+
+/* m_j of column k of chunk c, from its digits. */
+static int64_t xq_m(const int8_t *xq, int bits, int D, int64_t cols, int64_t c, int k) {
+    int64_t m = 0;
+    for (int d = 0; d < D; d++) m = m * 256 + xq[fm__xq_at(bits, D, cols, c, k, d)];
+    return m;
+}
+
+/* The SIMD lane sum: lanes i and i+8, then i and i+4, then (0+2) + (1+3). */
+static float hsum16(const float *a) {
+    float h[8], q[4];
+    for (int i = 0; i < 8; i++) h[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; i++) q[i] = h[i] + h[i + 4];
+    return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+/* acc_l += bias_g * xs_g for g = l, l + 16, ... (zero products past ng included). */
+static void bias_lanes(const fm__mat *W, int64_t r, const float *xs, float *acc) {
+    int64_t ng = W->cols / W->group;
+    for (int64_t g0 = 0; g0 < ng; g0 += 16)
+        for (int i = 0; i < 16; i++) {
+            int64_t g = g0 + i;
+            float b = g < ng ? fm__ld_scale(W->biases, W->sdt, r * ng + g) : 0.0f, x = g < ng ? xs[g] : 0.0f;
+            acc[i] = fmaf(b, x, acc[i]);
+        }
+}
+
+/* Exact int32 dot product of n columns k0, k0 + step, ... of chunk c with their m (what
+ * the digit-by-digit vpdpbusd sums give), for the weights of row `row`. */
+static int32_t lane_dot(const uint32_t *row, int bits, int D, int64_t cols, const int8_t *xq, int64_t c,
+                        int k0, int step, int n) {
+    int64_t t = 0;
+    for (int i = 0; i < n; i++) {
+        int k = k0 + i * step;
+        t += (int64_t)qget(row, bits, c * 64 + k) * xq_m(xq, bits, D, cols, c, k);
+    }
+    return (int32_t)t;
+}
+
+/* One step of lane l: acc_l = fma((float)t_l, scale_g * s_c, acc_l), g the lane's group. */
+static void lane_step(const fm__mat *W, int64_t r, int64_t c, int k0, int32_t t, const float *xqs, float *acc) {
+    int64_t ng = W->cols / W->group;
+    float sc = fm__ld_scale(W->scales, W->sdt, r * ng + (c * 64 + k0) / W->group);
+    *acc = fmaf((float)t, sc * xqs[c], *acc);
+}
+
+FM_ROWS_DECL(fm__rows_digits_ref) {
+    (void)X; (void)ldx;
+    const int D = ka->digits == 2 ? 2 : 3, bits = W->bits;
+    const int64_t C = W->cols, nc = C / 64;
+    for (int64_t b = 0; b < n; b++) {
+        const int8_t *xq = ka->xq + b * ka->ldxq;
+        const float *xqs = ka->xqs + b * ka->ldxqs, *xs = ka->xs + b * ka->ldxs;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint32_t *row = row_ptr(W, r);
+            float acc[16] = {0};
+            if (bits == 4) {
+                /* pairs: lane l < 8 columns 8l..8l+7 of chunk 2p, lane 8 + l those of 2p + 1 */
+                for (int64_t p = 0; p < nc / 2; p++)
+                    for (int l = 0; l < 16; l++) {
+                        int64_t c = 2 * p + l / 8;
+                        int k0 = 8 * (l % 8);
+                        lane_step(W, r, c, k0, lane_dot(row, 4, D, C, xq, c, k0, 1, 8), xqs, &acc[l]);
+                    }
+                if (nc & 1) /* unpaired last chunk: lane l < 8 its even columns of 8l..8l+7, 8 + l the odd */
+                    for (int l = 0; l < 16; l++) {
+                        int k0 = 8 * (l % 8) + l / 8;
+                        lane_step(W, r, nc - 1, k0, lane_dot(row, 4, D, C, xq, nc - 1, k0, 2, 4), xqs, &acc[l]);
+                    }
+                bias_lanes(W, r, xs, acc);
+                Y[b * ldy + r] = hsum16(acc);
+            } else {
+                /* lane l: columns 4l..4l+3 of each chunk */
+                for (int64_t c = 0; c < nc; c++)
+                    for (int l = 0; l < 16; l++) {
+                        if (bits == 8 && D == 3) { /* the top digit apart: (a.q) * 2^16 + (b.q << 8) + c.q */
+                            int64_t th = 0, tl = 0;
+                            for (int k = 4 * l; k < 4 * l + 4; k++) {
+                                int64_t q = qget(row, 8, c * 64 + k);
+                                th += q * xq[fm__xq_at(8, 3, C, c, k, 0)];
+                                tl += q * (xq[fm__xq_at(8, 3, C, c, k, 1)] * 256 + xq[fm__xq_at(8, 3, C, c, k, 2)]);
+                            }
+                            float f = fmaf((float)(int32_t)th, 65536.0f, (float)(int32_t)tl);
+                            int64_t ng = C / W->group;
+                            float sc = fm__ld_scale(W->scales, W->sdt, r * ng + (c * 64 + 4 * l) / W->group);
+                            acc[l] = fmaf(f, sc * xqs[c], acc[l]);
+                        } else {
+                            lane_step(W, r, c, 4 * l, lane_dot(row, bits, D, C, xq, c, 4 * l, 1, 4), xqs, &acc[l]);
+                        }
+                    }
+                float bz[16] = {0};
+                bias_lanes(W, r, xs, bz);
+                Y[b * ldy + r] = hsum16(acc) + hsum16(bz);
+            }
         }
     }
 }
