@@ -380,7 +380,7 @@ static void digits_ref(const fm__mat *W, const float *X, int64_t ldx, int64_t n,
 static int uses_digits(const char *path, const fm__mat *W) {
     if (W->type != FM_W_QAFFINE || W->cols % 64 != 0) return 0;
     if (strcmp(path, "avx512vnni") == 0) return 1;
-    if (strcmp(path, "avx2") == 0) return W->bits == 4;
+    if (strcmp(path, "avx2") == 0 || strcmp(path, "neon") == 0) return W->bits == 4;
     return 0;
 }
 

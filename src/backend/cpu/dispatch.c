@@ -56,7 +56,7 @@ static const kpath g_paths[] = {
     {"avx2", fm__rows_avx2, avail_avx2, fm__xq_prep_avx2, 0},
 #endif
 #if defined(__aarch64__)
-    {"neon", fm__rows_neon, avail_yes, NULL, 0},
+    {"neon", fm__rows_neon, avail_yes, fm__xq_prep_ref, 0},
 #endif
     {"scalar", fm__rows_scalar, avail_yes, NULL, 0},
 };

@@ -144,8 +144,9 @@ void fm__xq_prep_ref(const float *x, int64_t cols, int bits, int digits, int8_t 
             continue;
         }
         s[c] = ldexpf(1.0f, e - K);
+        const float up = ldexpf(1.0f, K - e); /* a normal float: -100 <= e <= 128 */
         for (int k = 0; k < 64; k++) {
-            int32_t m = (int32_t)lrintf(ldexpf(p[k], K - e)); /* exact scaling, then round */
+            int32_t m = (int32_t)lrintf(p[k] * up); /* exact scaling (a power of two), then round */
             int8_t dg[3];
             for (int d = D - 1; d > 0; d--) {
                 int32_t lo = ((m + 128) & 255) - 128;
