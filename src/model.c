@@ -110,6 +110,10 @@ struct fm_model {
     const fm__mat **mv_w;    /* [2B] fm__matvec_multi arguments */
     const float **mv_x;
     float **mv_y;
+    /* decode phase timers (FM_PHASES=1): seconds per phase over ph_tokens one-token calls */
+    int ph_env, ph_on;       /* FM_PHASES set; timing the current call */
+    double ph_t[16];
+    int64_t ph_tokens;
 };
 
 #define N_SNAP 2
@@ -122,6 +126,38 @@ struct fm__state {
     float *snap[N_SNAP];     /* copies of lin at positions snap_pos (-1 = empty) */
     int32_t snap_pos[N_SNAP], snap_next;
 };
+
+/* Decode phase timers: with FM_PHASES=1 in the environment at load, one-token forward
+ * calls add the wall time of each phase (caller thread) to m->ph_t, and fm_model_free logs
+ * the per-token breakdown. Off: one branch per phase. */
+enum { PH_EMBED, PH_NORM, PH_QKV, PH_QKROPE, PH_ATTN, PH_WO, PH_ROUTER, PH_TOPK, PH_FETCH,
+       PH_GATEUP, PH_SILU, PH_DOWN, PH_SHARED, PH_COMBINE, PH_LMHEAD, PH_N };
+static const char *const ph_names[PH_N] = {
+    "embed", "norms", "qkv", "qk-norm+rope+kv", "attention", "o_proj+res", "router",
+    "top-k+group", "expert lookup", "experts gate+up", "silu", "experts down", "shared/mlp",
+    "combine+res", "final norm+lm_head"};
+
+/* Adds the time since t0 to phase i and returns the time now (0 when the timers are off). */
+static inline double ph(fm_model *m, int i, double t0) {
+    if (!m->ph_on) return 0;
+    double t = fm__now();
+    m->ph_t[i] += t - t0;
+    return t;
+}
+static inline double ph_now(const fm_model *m) { return m->ph_on ? fm__now() : 0; }
+
+static void ph_report(const fm_model *m) {
+    if (m->ph_tokens <= 0) return;
+    double tot = 0;
+    for (int i = 0; i < PH_N; i++) tot += m->ph_t[i];
+    char buf[1024];
+    int at = 0;
+    for (int i = 0; i < PH_N && at < (int)sizeof buf - 64; i++)
+        at += snprintf(buf + at, sizeof buf - (size_t)at, "%s%s %.3f (%.1f%%)", i ? ", " : "", ph_names[i],
+                       1e3 * m->ph_t[i] / (double)m->ph_tokens, 100 * m->ph_t[i] / tot);
+    FM_LOGW("decode phases, ms per token over %lld tokens (total %.3f): %s", (long long)m->ph_tokens,
+            1e3 * tot / (double)m->ph_tokens, buf);
+}
 
 /* ---- load --------------------------------------------------------------------------- */
 
@@ -428,6 +464,8 @@ static fm_status load(fm_model *m, const char *dir, const fm_model_params *p) {
     m->rot -= m->rot % 2;
     m->n_ctx = p->n_ctx > 0 ? p->n_ctx : (c->max_pos > 0 ? FM_MIN(c->max_pos, 4096) : 4096);
     m->miss_policy = p->miss_policy;
+    const char *phe = getenv("FM_PHASES");
+    m->ph_env = phe && *phe && strcmp(phe, "0") != 0;
     if (p->miss_policy != FM_MISS_EXACT && p->miss_policy != FM_MISS_SKIP)
         return fm__err(FM_ERR_ARG, "miss_policy %d is neither FM_MISS_EXACT nor FM_MISS_SKIP", p->miss_policy);
 
@@ -552,6 +590,7 @@ fm_status fm_model_open(const char *dir, const fm_model_params *p, fm_model **ou
 
 void fm_model_free(fm_model *m) {
     if (!m) return;
+    if (m->ph_env) ph_report(m);
     fm__ec_free(m->cache);
     fm__tok_free(m->tok);
     fm__pool_free(m->pool);
@@ -683,25 +722,31 @@ fm_status fm__state_snapshot(fm__state *s) {
 
 /* ---- forward ----------------------------------------------------------------------- */
 
+
 typedef struct attn_ctx {
     fm_model *m;
     const fm__state *s;
-    int32_t layer, p0, n_heads, group;
+    int32_t layer, p0;
+    int32_t group;  /* query heads per key/value head */
+    int32_t per;    /* query heads per task (divides group) */
+    int32_t n_task; /* tasks per token: n_heads / per */
 } attn_ctx;
 
-/* One (token, head) pair of causal attention over the KV cache. */
+/* Causal attention over the KV cache of token t's query heads [h0, h0 + per), which share
+ * one key/value head (each head's result is the same whatever the split). */
 static void attn_task(int64_t i, void *vctx) {
     const attn_ctx *a = vctx;
     const fm_model *m = a->m;
     const fm__config *c = m->cfg;
-    int32_t t = (int32_t)(i / a->n_heads), h = (int32_t)(i % a->n_heads);
+    int32_t t = (int32_t)(i / a->n_task), h0 = (int32_t)(i % a->n_task) * a->per;
     int32_t pos = a->p0 + t, hd = c->head_dim;
     size_t lay = (size_t)a->layer * (size_t)a->s->n_ctx * (size_t)m->kvd; /* attention index */
-    const float *kb = a->s->kc + lay + (size_t)(h / a->group) * hd;
-    const float *vb = a->s->vc + lay + (size_t)(h / a->group) * hd;
+    const float *kb = a->s->kc + lay + (size_t)(h0 / a->group) * hd;
+    const float *vb = a->s->vc + lay + (size_t)(h0 / a->group) * hd;
     int32_t k0 = c->sliding_window > 0 ? FM_MAX(0, pos - c->sliding_window + 1) : 0;
-    fm__attend(m->att + (size_t)t * m->qd + (size_t)h * hd, m->q + (size_t)t * m->qd + (size_t)h * hd,
-               kb, vb, m->kvd, k0, pos + 1, hd, 1.0f / sqrtf((float)hd));
+    size_t qo = (size_t)t * m->qd + (size_t)h0 * hd;
+    fm__attend_heads(m->att + qo, hd, m->q + qo, hd, a->per, kb, vb, m->kvd, k0, pos + 1, hd,
+                     1.0f / sqrtf((float)hd));
 }
 
 /* Dense SwiGLU MLP of w over xb[0..T) into out (stride hidden). */
@@ -734,6 +779,7 @@ static void run_expert(fm_model *m, const fm__expert_w *ew, const float *xb, int
  * each, in two pool dispatches (gate and up of all, then down of all). */
 static void run_experts_1(fm_model *m, const float *xb, int32_t np) {
     int64_t H = m->cfg->hidden, I = m->cfg->moe_inter;
+    double t = ph_now(m);
     for (int32_t j = 0; j < np; j++) {
         m->mv_w[2 * j] = &m->ew[j].gate;
         m->mv_w[2 * j + 1] = &m->ew[j].up;
@@ -742,13 +788,16 @@ static void run_experts_1(fm_model *m, const float *xb, int32_t np) {
         m->mv_y[2 * j + 1] = m->mu_out + j * I;
     }
     fm__matvec_multi(m->pool, 2 * np, m->mv_w, m->mv_x, m->mv_y);
+    t = ph(m, PH_GATEUP, t);
     for (int32_t j = 0; j < np; j++) {
         fm__silu_mul(m->mg_out + j * I, m->mu_out + j * I, I);
         m->mv_w[j] = &m->ew[j].down;
         m->mv_x[j] = m->mg_out + j * I;
         m->mv_y[j] = m->ebuf + (size_t)m->pidx[j] * H;
     }
+    t = ph(m, PH_SILU, t);
     fm__matvec_multi(m->pool, np, m->mv_w, m->mv_x, m->mv_y);
+    ph(m, PH_DOWN, t);
 }
 
 /* Top-k of probabilities pr[0..E) into ti/tw (ties to the lower id), renormalized to sum
@@ -798,9 +847,11 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
     const fm__config *c = m->cfg;
     int32_t E = c->n_experts, K = c->top_k, H = c->hidden;
     fm_status rc;
+    double tp = ph_now(m);
     /* 1. router probabilities: softmax over the router logits */
     fm__matmul(m->pool, &w->router, xb, H, T, m->rl, E);
     for (int32_t t = 0; t < T; t++) fm__softmax(m->rl + (size_t)t * E, E);
+    tp = ph(m, PH_ROUTER, tp);
     /* 2. top-k per token (ties to the lower id), optional renormalization */
     for (int32_t t = 0; t < T; t++)
         top_k(m->rl + (size_t)t * E, E, K, c->norm_topk_prob, m->topi + (size_t)t * K,
@@ -842,6 +893,7 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
         int32_t e = m->topi[i];
         m->elist[m->eoff[e] + m->cnt[e]++] = i;
     }
+    tp = ph(m, PH_TOPK, tp);
     /* 5. fetch the union in chunks of at most the fetch limit (capacity less pinned slots):
      *    start the chunk's reads, compute the shared expert meanwhile (first chunk), then run
      *    each expert once, as soon as it is resident */
@@ -852,7 +904,12 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
         const int32_t *ids = m->uniq + j0;
         if ((rc = fm__ec_fetch_begin(m->cache, w->moe, ids, n))) return rc;
         if (j0 == 0 && T == 1 && next && fm__ec_prefetch_enabled(m->cache)) prefetch_next(m, next);
-        if (!shared_done) { shared_expert(m, w, xb, T); shared_done = true; }
+        if (!shared_done) {
+            tp = ph(m, PH_FETCH, tp);
+            shared_expert(m, w, xb, T);
+            shared_done = true;
+            tp = ph(m, PH_SHARED, tp);
+        }
         memset(m->done, 0, (size_t)n);
         fm__expert_w ew;
         if (T == 1) { /* decode: run the resident experts together, then each landing one */
@@ -861,19 +918,30 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
                 bool more = false; /* another expert is resident: take it before computing */
                 for (int32_t q = 0; q < n && !more && np > 0 && np < MAX_BATCH; q++)
                     more = !m->done[q] && fm__ec_lookup(m->cache, w->moe, ids[q], NULL);
-                if (np > 0 && !more) { run_experts_1(m, xb, np); np = 0; }
+                if (np > 0 && !more) {
+                    ph(m, PH_FETCH, tp);
+                    run_experts_1(m, xb, np);
+                    np = 0;
+                    tp = ph_now(m);
+                }
                 if ((rc = fm__ec_fetch_any(m->cache, w->moe, ids, n, m->done, &i, &ew)) || i < 0) break;
                 m->ew[np] = ew;
                 m->pidx[np++] = m->elist[m->eoff[ids[i]]];
             }
-            if (!rc && np > 0) run_experts_1(m, xb, np);
+            if (!rc && np > 0) {
+                ph(m, PH_FETCH, tp);
+                run_experts_1(m, xb, np);
+                tp = ph_now(m);
+            }
         } else {
             while ((rc = fm__ec_fetch_any(m->cache, w->moe, ids, n, m->done, &i, &ew)) == FM_OK && i >= 0)
                 run_expert(m, &ew, xb, m->eoff[ids[i]], m->eoff[ids[i] + 1] - m->eoff[ids[i]]);
         }
         if (rc) return rc;
     }
+    tp = ph(m, PH_FETCH, tp);
     if (!shared_done) shared_expert(m, w, xb, T);
+    tp = ph(m, PH_SHARED, tp);
     /* 6. combine each token's expert outputs in rank order */
     for (int32_t t = 0; t < T; t++) {
         float *o = out + (size_t)t * H;
@@ -892,6 +960,7 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
             float g = fm__sigmoid(m->sg[t]);
             for (int64_t d = 0; d < H; d++) out[t * H + d] += g * m->sbuf[t * H + d];
         }
+    ph(m, PH_COMBINE, tp);
     return FM_OK;
 }
 
@@ -903,12 +972,15 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
     int64_t H = c->hidden, hd = c->head_dim, QD = m->qd, KVD = m->kvd;
     int32_t half = m->rot / 2;
     fm_status rc;
+    double tp = ph_now(m);
     /* 1. token embeddings */
     for (int32_t t = 0; t < T; t++) fm__mat_row(&m->embed, tokens[t], m->x + t * H);
+    tp = ph(m, PH_EMBED, tp);
     for (int32_t l = 0; l < c->n_layers; l++) {
         const layer_w *w = &m->layers[l];
         /* 2. token-mixer pre-norm */
         for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->attn_norm, H, c->rms_eps);
+        tp = ph(m, PH_NORM, tp);
         if (w->lin >= 0) {
             /* 2'. linear attention (recurrent state) instead of steps 3-9 */
             a->linear->forward(w->mix, c, m->pool, m->xb, T, s->lin + (size_t)w->lin * m->lin_state,
@@ -937,6 +1009,7 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             fm__matmul(m->pool, &w->wk, m->xb, H, T, m->k, KVD);
             fm__matmul(m->pool, &w->wv, m->xb, H, T, m->v, KVD);
         }
+        tp = ph(m, PH_QKV, tp);
         for (int32_t t = 0; t < T; t++) {
             float *q = m->q + t * QD, *k = m->k + t * KVD, *v = m->v + t * KVD;
             if (w->bq) for (int64_t i = 0; i < QD; i++) q[i] += w->bq[i];
@@ -968,29 +1041,40 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             memcpy(s->kc + at, k, (size_t)KVD * 4);
             memcpy(s->vc + at, v, (size_t)KVD * 4);
         }
+        tp = ph(m, PH_QKROPE, tp);
         /* 8. causal GQA attention, one task per (token, head) */
-        attn_ctx ac = {m, s, w->attn, p0, c->n_heads, c->n_heads / c->n_kv_heads};
-        fm__pool_run(m->pool, (int64_t)T * c->n_heads, attn_task, &ac);
+        attn_ctx ac = {m, s, w->attn, p0, c->n_heads / c->n_kv_heads, 0, 0};
+        /* the largest split of a group into tasks that still gives every thread 4 tasks */
+        ac.per = ac.group;
+        while (ac.per % 2 == 0 && (int64_t)T * (c->n_heads / ac.per) < 4 * fm__pool_size(m->pool)) ac.per /= 2;
+        ac.n_task = c->n_heads / ac.per;
+        fm__pool_run(m->pool, (int64_t)T * ac.n_task, attn_task, &ac);
         if (a->attn_output_gate)
             for (int64_t i = 0; i < T * QD; i++) m->att[i] *= fm__sigmoid(m->gate[i]);
+        tp = ph(m, PH_ATTN, tp);
         /* 9. output projection and residual */
         fm__matmul(m->pool, &w->wo, m->att, QD, T, m->hb, H);
         for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i] + (w->bo ? w->bo[i % H] : 0.0f);
+        tp = ph(m, PH_WO, tp);
     ffn:
         /* 10. FFN pre-norm */
         for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, w->ffn_norm, H, c->rms_eps);
+        tp = ph(m, PH_NORM, tp);
         if (w->moe >= 0) {
             /* 11. routed experts (+ shared expert scaled by its sigmoid gate), reads overlapped */
             const layer_w *next = NULL; /* the next MoE layer, for speculative prefetch */
             for (int32_t j = l + 1; j < c->n_layers && !next; j++)
                 if (m->layers[j].moe >= 0) next = &m->layers[j];
             if ((rc = moe(m, w, next, m->xb, T, m->hb))) return rc;
+            tp = ph_now(m);
         } else {
             /* 11'. dense SwiGLU MLP */
             mlp(m, w, m->xb, T, m->hb);
+            tp = ph(m, PH_SHARED, tp);
         }
         /* 12. residual */
         for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i];
+        tp = ph(m, PH_COMBINE, tp);
     }
     return FM_OK;
 }
@@ -1009,6 +1093,7 @@ fm_status fm__forward(fm_model *m, fm__state *s, const int32_t *tokens, int32_t 
     int64_t H = c->hidden, V = c->vocab;
     for (int32_t c0 = 0; c0 < n; c0 += MAX_BATCH) {
         int32_t T = FM_MIN(MAX_BATCH, n - c0);
+        m->ph_on = m->ph_env && n == 1;
         fm_status rc = forward_chunk(m, s, tokens + c0, T, s->pos);
         if (rc) {
             /* The KV cache past pos0 is simply ignored; recurrent state cannot be rewound
@@ -1030,10 +1115,14 @@ fm_status fm__forward(fm_model *m, fm__state *s, const int32_t *tokens, int32_t 
             for (int32_t t = 0; t < T; t++) fm__rmsnorm(m->xb + t * H, m->x + t * H, m->final_norm, H, c->rms_eps);
             fm__matmul(m->pool, &m->lm_head, m->xb, H, T, logits + (size_t)c0 * V, V);
         } else if (c0 + T == n) {
+            double tp = ph_now(m);
             fm__rmsnorm(m->xb, m->x + (T - 1) * H, m->final_norm, H, c->rms_eps);
             fm__matmul(m->pool, &m->lm_head, m->xb, H, 1, logits, V);
+            ph(m, PH_LMHEAD, tp);
         }
     }
+    m->ph_tokens += m->ph_on;
+    m->ph_on = 0;
     return FM_OK;
 }
 

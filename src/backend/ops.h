@@ -27,8 +27,16 @@ static inline float fm__sigmoid(float x) { return 1.0f / (1.0f + __builtin_expf(
 
 /* Causal attention of one query head over keys/values at positions [k0, k1):
  * out[head_dim] = sum_j softmax_j(scale * q.k_j) v_j. k/v: row j at k + j*kv_stride.
- * One pass with a running maximum (no scratch). */
+ * Blocks of 32 positions: the block's scores, then one rescale of the running maximum,
+ * then the block's values in position order (no scratch beyond the stack). */
 void fm__attend(float *out, const float *q, const float *k, const float *v, int64_t kv_stride,
                 int32_t k0, int32_t k1, int32_t head_dim, float scale);
+
+/* fm__attend for n_q query heads sharing one key/value head (GQA): head h reads q + h *
+ * q_stride and writes out + h * out_stride, each with the same bits as fm__attend alone;
+ * a block of keys and values is loaded once into cache for all of them. */
+void fm__attend_heads(float *out, int64_t out_stride, const float *q, int64_t q_stride,
+                      int32_t n_q, const float *k, const float *v, int64_t kv_stride, int32_t k0,
+                      int32_t k1, int32_t head_dim, float scale);
 
 #endif

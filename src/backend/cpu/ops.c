@@ -1,5 +1,6 @@
 /* ops.c: CPU reference for the forward pass's non-matmul ops (see backend/ops.h). */
 #include "backend/ops.h"
+#include "common.h"
 
 #include <math.h>
 
@@ -67,49 +68,133 @@ static float dot8(const float *q, const float *k, int32_t n) {
     return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
 }
 
-/* out[d] = out[d] * c + p * v[d] (c == 1 skips the multiply); element-wise, so the same
- * bits as the scalar loop. */
-static void scale_axpy(float *out, float c, float p, const float *v, int32_t n) {
+/* The scores q.k_j of 4 positions in lockstep (independent chains hide the add latency),
+ * each with exactly dot8's arithmetic. */
+static void dot8_x4(const float *q, const float *k0, const float *k1, const float *k2,
+                    const float *k3, int32_t n, float *out) {
+    fm__v4 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, c0 = {0}, c1 = {0}, d0 = {0}, d1 = {0};
     int32_t d = 0;
-    if (c != 1.0f) {
-        for (; d + 4 <= n; d += 4) {
-            fm__v4 o;
-            ld4(&o, out + d);
-            o *= c;
-            st4(out + d, &o);
+    for (; d + 8 <= n; d += 8) {
+        fm__v4 x0, x1, y0, y1;
+        ld4(&x0, q + d);
+        ld4(&x1, q + d + 4);
+        ld4(&y0, k0 + d); ld4(&y1, k0 + d + 4); a0 += x0 * y0; a1 += x1 * y1;
+        ld4(&y0, k1 + d); ld4(&y1, k1 + d + 4); b0 += x0 * y0; b1 += x1 * y1;
+        ld4(&y0, k2 + d); ld4(&y1, k2 + d + 4); c0 += x0 * y0; c1 += x1 * y1;
+        ld4(&y0, k3 + d); ld4(&y1, k3 + d + 4); d0 += x0 * y0; d1 += x1 * y1;
+    }
+    const fm__v4 *acc[4][2] = {{&a0, &a1}, {&b0, &b1}, {&c0, &c1}, {&d0, &d1}};
+    const float *ks[4] = {k0, k1, k2, k3};
+    for (int r = 0; r < 4; r++) {
+        float l[8];
+        st4(l, acc[r][0]);
+        st4(l + 4, acc[r][1]);
+        for (int32_t e = d; e < n; e++) l[e & 7] += q[e] * ks[r][e];
+        out[r] = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    }
+}
+
+/* out[d] = out[d] + sum_j p[j] * v_j[d] for j < nb in order (v_j at v + j*stride). */
+static void acc_values(float *out, const float *p, const float *v, int64_t stride, int32_t nb,
+                       int32_t n) {
+    int32_t d = 0;
+    for (; d + 32 <= n; d += 32) {
+        fm__v4 a[8];
+        for (int i = 0; i < 8; i++) ld4(&a[i], out + d + 4 * i);
+        for (int32_t j = 0; j < nb; j++) {
+            const float *vj = v + (int64_t)j * stride + d;
+            float pj = p[j];
+            for (int i = 0; i < 8; i++) {
+                fm__v4 x;
+                ld4(&x, vj + 4 * i);
+                a[i] += pj * x;
+            }
         }
-        for (; d < n; d++) out[d] *= c;
-        d = 0;
+        for (int i = 0; i < 8; i++) st4(out + d + 4 * i, &a[i]);
     }
     for (; d + 4 <= n; d += 4) {
-        fm__v4 o, x;
-        ld4(&o, out + d);
-        ld4(&x, v + d);
-        o += p * x;
-        st4(out + d, &o);
+        fm__v4 a;
+        ld4(&a, out + d);
+        for (int32_t j = 0; j < nb; j++) {
+            fm__v4 x;
+            ld4(&x, v + (int64_t)j * stride + d);
+            a += p[j] * x;
+        }
+        st4(out + d, &a);
     }
-    for (; d < n; d++) out[d] += p * v[d];
+    for (; d < n; d++) {
+        float a = out[d];
+        for (int32_t j = 0; j < nb; j++) a += p[j] * v[(int64_t)j * stride + d];
+        out[d] = a;
+    }
+}
+
+#define ATT_BLOCK 32 /* key positions per softmax block */
+#define ATT_HEADS 8  /* query heads per pass */
+
+/* Up to ATT_HEADS query heads over one key/value head. Per head, in blocks of ATT_BLOCK
+ * positions from k0: the block's scores (dot8 * scale), the running maximum raised to the
+ * block's (accumulator and sum rescaled by expf(old - new) once), p_j = expf(s_j - max)
+ * added to the double sum and p_j * v_j to the output in position order. */
+static void attend_pass(float *out, int64_t out_stride, const float *q, int64_t q_stride,
+                        int32_t nq, const float *k, const float *v, int64_t kv_stride, int32_t k0,
+                        int32_t k1, int32_t head_dim, float scale) {
+    float s[ATT_HEADS][ATT_BLOCK], mx[ATT_HEADS];
+    double sum[ATT_HEADS];
+    for (int32_t h = 0; h < nq; h++) {
+        mx[h] = -INFINITY;
+        sum[h] = 0;
+        float *o = out + h * out_stride;
+        for (int32_t d = 0; d < head_dim; d++) o[d] = 0;
+    }
+    for (int32_t j0 = k0; j0 < k1; j0 += ATT_BLOCK) {
+        int32_t nb = FM_MIN(ATT_BLOCK, k1 - j0);
+        const float *kb = k + (int64_t)j0 * kv_stride, *vb = v + (int64_t)j0 * kv_stride;
+        for (int32_t h = 0; h < nq; h++) {
+            const float *qh = q + h * q_stride;
+            float *sh = s[h];
+            int32_t j = 0;
+            for (; j + 4 <= nb; j += 4)
+                dot8_x4(qh, kb + j * kv_stride, kb + (j + 1) * kv_stride, kb + (j + 2) * kv_stride,
+                        kb + (j + 3) * kv_stride, head_dim, sh + j);
+            for (; j < nb; j++) sh[j] = dot8(qh, kb + j * kv_stride, head_dim);
+            float bm = -INFINITY;
+            for (j = 0; j < nb; j++) {
+                sh[j] *= scale;
+                bm = sh[j] > bm ? sh[j] : bm;
+            }
+            if (bm > mx[h]) { /* rescale what was accumulated under the old maximum */
+                if (j0 > k0) {
+                    float c = expf(mx[h] - bm);
+                    float *o = out + h * out_stride;
+                    sum[h] *= c;
+                    for (int32_t d = 0; d < head_dim; d++) o[d] *= c;
+                }
+                mx[h] = bm;
+            }
+            for (j = 0; j < nb; j++) {
+                sh[j] = expf(sh[j] - mx[h]);
+                sum[h] += sh[j];
+            }
+            acc_values(out + h * out_stride, sh, vb, kv_stride, nb, head_dim);
+        }
+    }
+    for (int32_t h = 0; h < nq; h++) {
+        float inv = sum[h] > 0 ? (float)(1.0 / sum[h]) : 0.0f;
+        float *o = out + h * out_stride;
+        for (int32_t d = 0; d < head_dim; d++) o[d] *= inv;
+    }
+}
+
+void fm__attend_heads(float *out, int64_t out_stride, const float *q, int64_t q_stride,
+                      int32_t n_q, const float *k, const float *v, int64_t kv_stride, int32_t k0,
+                      int32_t k1, int32_t head_dim, float scale) {
+    for (int32_t h = 0; h < n_q; h += ATT_HEADS)
+        attend_pass(out + h * out_stride, out_stride, q + h * q_stride, q_stride,
+                    FM_MIN(ATT_HEADS, n_q - h), k, v, kv_stride, k0, k1, head_dim, scale);
 }
 
 void fm__attend(float *out, const float *q, const float *k, const float *v, int64_t kv_stride,
                 int32_t k0, int32_t k1, int32_t head_dim, float scale) {
-    float mx = -INFINITY;
-    double sum = 0;
-    for (int32_t d = 0; d < head_dim; d++) out[d] = 0;
-    for (int32_t j = k0; j < k1; j++) {
-        const float *kj = k + (int64_t)j * kv_stride;
-        const float *vj = v + (int64_t)j * kv_stride;
-        float s = dot8(q, kj, head_dim) * scale;
-        float c = 1.0f;
-        if (s > mx) { /* rescale what was accumulated under the old maximum */
-            c = expf(mx - s);
-            sum *= c;
-            mx = s;
-        }
-        float p = expf(s - mx);
-        sum += p;
-        scale_axpy(out, c, p, vj, head_dim);
-    }
-    float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
-    for (int32_t d = 0; d < head_dim; d++) out[d] *= inv;
+    attend_pass(out, 0, q, 0, 1, k, v, kv_stride, k0, k1, head_dim, scale);
 }
