@@ -478,6 +478,8 @@ def load_installed(model_type):
         if getattr(mod, name, None) is not None:
             print("note: %s found; using the torch path instead" % name)
             setattr(mod, name, None)
+    if hasattr(mod, "is_fast_path_available"):
+        mod.is_fast_path_available = False
     return getattr(mod, cls_prefix + "ForCausalLM"), getattr(cfg_mod, cls_prefix + "Config"), mod.__file__
 
 
@@ -542,9 +544,25 @@ def to_model_keys(t, model, model_type):
     return t
 
 
+def torch_path_only(model):
+    """Linear-attention layers of an installed transformers may bind optional CUDA kernels
+    (causal_conv1d, fla) per instance; rebind them to the file's own torch_<name> function
+    where it has one (torch_causal_conv1d_update, torch_chunk_gated_delta_rule, ...), else to
+    None (the file then takes its torch path, e.g. nn.Conv1d for causal_conv1d_fn)."""
+    mod = sys.modules.get(type(model).__module__)
+    for m in model.modules():
+        for attr in ("causal_conv1d_fn", "causal_conv1d_update", "chunk_gated_delta_rule",
+                     "recurrent_gated_delta_rule"):
+            cur = getattr(m, attr, None)
+            if cur is None or getattr(cur, "__name__", "").startswith("torch_"):
+                continue
+            setattr(m, attr, getattr(mod, "torch_" + attr, None) if mod is not None else None)
+
+
 def build_model(cls, config, fixture_dir, cfg_json, model_type):
     torch.manual_seed(0)  # A_log's constructor draws random numbers; overwritten below
     model = cls(config)
+    torch_path_only(model)
     t = to_model_keys(fixture_tensors(fixture_dir, cfg_json), model, model_type)
     missing, unexpected = model.load_state_dict(t, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
