@@ -40,6 +40,11 @@ struct fm__pool {
     int64_t base;
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
+    /* FM_PHASES=1: jobs run, jobs published to a sleeping worker, caller seconds waiting
+     * for the other threads after its own last task (logged at fm__pool_free) */
+    int stats;
+    int64_t n_jobs, n_woken;
+    double wait_s;
 };
 
 static _Thread_local int tl_in_pool; /* set in worker threads and while a caller runs a job */
@@ -114,6 +119,8 @@ fm__pool *fm__pool_new(int n_threads) {
     fm__pool *p = fm__calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n = n_threads;
+    const char *ph = getenv("FM_PHASES");
+    p->stats = ph && *ph && ph[0] != '0';
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
     pthread_cond_init(&p->cv_done, NULL);
@@ -137,6 +144,10 @@ fm__pool *fm__pool_new(int n_threads) {
 
 void fm__pool_free(fm__pool *p) {
     if (!p) return;
+    if (p->stats && p->n_jobs > 0)
+        FM_LOGW("thread pool of %d: %lld parallel jobs, %lld woke a sleeping worker, the caller waited "
+                "%.3f ms for the others after its own tasks (%.2f us per job)", p->n, (long long)p->n_jobs,
+                (long long)p->n_woken, 1e3 * p->wait_s, 1e6 * p->wait_s / (double)p->n_jobs);
     atomic_store_explicit(&p->stop, 1, memory_order_release);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add_explicit(&p->seq, 1, memory_order_seq_cst);
@@ -169,12 +180,15 @@ void fm__pool_run(fm__pool *p, int64_t n, void (*fn)(int64_t, void *), void *ctx
         p->gen = (p->gen + 1) & 0xFFFF;
         atomic_store_explicit(&p->ticket, (p->gen << 48) | (cnt << TASK_BITS), memory_order_release);
         atomic_fetch_add_explicit(&p->seq, 1, memory_order_seq_cst);
+        p->n_jobs++;
         if (atomic_load_explicit(&p->sleepers, memory_order_seq_cst) > 0) {
+            p->n_woken++;
             pthread_mutex_lock(&p->mu);
             pthread_cond_broadcast(&p->cv_work);
             pthread_mutex_unlock(&p->mu);
         }
         take_tasks(p);
+        double tw = p->stats ? fm__now() : 0;
         if (atomic_load_explicit(&p->done, memory_order_acquire) != cnt) {
             double t0 = fm__now();
             for (int i = 1; atomic_load_explicit(&p->done, memory_order_acquire) != cnt; i++) {
@@ -190,6 +204,7 @@ void fm__pool_run(fm__pool *p, int64_t n, void (*fn)(int64_t, void *), void *ctx
             atomic_store_explicit(&p->caller_waiting, 0, memory_order_seq_cst);
             pthread_mutex_unlock(&p->mu);
         }
+        if (p->stats) p->wait_s += fm__now() - tw;
     }
     tl_in_pool = 0;
 }
