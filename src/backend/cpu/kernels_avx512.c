@@ -18,6 +18,9 @@
 #ifndef FM_PF4
 #define FM_PF4 8192
 #endif
+#ifndef FM_PF4_HINT
+#define FM_PF4_HINT _MM_HINT_T1
+#endif
 #define VW 16
 typedef __m512 vf;
 #define VZERO() _mm512_setzero_ps()
@@ -243,7 +246,7 @@ AI VBMI void q4v(const fm__mat *W, int64_t r, float *Y, int64_t ldy, const fm__k
         __m512 sc[NRMAX];
 #pragma GCC unroll 4
         for (int k = 0; k < NR; k++) {
-            _mm_prefetch((const char *)(row[k] + p * 64) + FM_PF4, _MM_HINT_T1);
+            _mm_prefetch((const char *)(row[k] + p * 64) + FM_PF4, FM_PF4_HINT);
             __m512i v = _mm512_loadu_si512(row[k] + p * 64);
             lo[k] = _mm512_and_si512(v, m4);
             hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
