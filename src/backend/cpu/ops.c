@@ -40,93 +40,173 @@ void fm__silu_mul(float *g, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-/* 4 floats as one value (GCC/Clang vector extension: one SSE or NEON register on x86-64
- * and ARM64): element-wise arithmetic, unaligned loads through memcpy. */
-typedef float fm__v4 __attribute__((vector_size(16)));
-static inline void ld4(fm__v4 *v, const float *p) { __builtin_memcpy(v, p, sizeof *v); }
-static inline void st4(float *p, const fm__v4 *v) { __builtin_memcpy(p, v, sizeof *v); }
+/* 8 floats as one value (GCC/Clang vector extension: one AVX register, or two SSE or NEON
+ * registers): element-wise arithmetic, unaligned loads through memcpy. Element-wise IEEE
+ * operations (ISO C mode does not contract a * b + c), so every ISA gives the same bits. */
+typedef float fm__v8 __attribute__((vector_size(32)));
+typedef float fm__v16 __attribute__((vector_size(64)));
+#define FM_INLINE static inline __attribute__((always_inline))
+FM_INLINE void ld8(fm__v8 *v, const float *p) { __builtin_memcpy(v, p, sizeof *v); }
+FM_INLINE void st8(float *p, const fm__v8 *v) { __builtin_memcpy(p, v, sizeof *v); }
+
+/* The attention loops are compiled for AVX-512 and AVX2 besides the baseline (chosen at
+ * load through an ifunc): the same source, so the same bits, in fewer instructions. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define FM_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define FM_CLONES
+#endif
 
 /* q.k over n floats: 8 running lanes (lane l sums the columns = l mod 8 in order), the
  * remainder added to lane d mod 8, then ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7)). A fixed
  * order, the same on every path. */
-static float dot8(const float *q, const float *k, int32_t n) {
-    fm__v4 a0 = {0}, a1 = {0};
-    int32_t d = 0;
-    for (; d + 8 <= n; d += 8) {
-        fm__v4 x0, y0, x1, y1;
-        ld4(&x0, q + d);
-        ld4(&y0, k + d);
-        ld4(&x1, q + d + 4);
-        ld4(&y1, k + d + 4);
-        a0 += x0 * y0;
-        a1 += x1 * y1;
-    }
-    float l[8]; /* the lanes (the accumulators themselves stay in registers) */
-    st4(l, &a0);
-    st4(l + 4, &a1);
+FM_INLINE float lanes_sum(const fm__v8 *a, const float *q, const float *k, int32_t d, int32_t n) {
+    float l[8];
+    st8(l, a);
     for (; d < n; d++) l[d & 7] += q[d] * k[d];
     return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
 }
 
-/* The scores q.k_j of 4 positions in lockstep (independent chains hide the add latency),
- * each with exactly dot8's arithmetic. */
-static void dot8_x4(const float *q, const float *k0, const float *k1, const float *k2,
-                    const float *k3, int32_t n, float *out) {
-    fm__v4 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, c0 = {0}, c1 = {0}, d0 = {0}, d1 = {0};
+FM_INLINE float dot8(const float *q, const float *k, int32_t n) {
+    fm__v8 a = {0};
     int32_t d = 0;
     for (; d + 8 <= n; d += 8) {
-        fm__v4 x0, x1, y0, y1;
-        ld4(&x0, q + d);
-        ld4(&x1, q + d + 4);
-        ld4(&y0, k0 + d); ld4(&y1, k0 + d + 4); a0 += x0 * y0; a1 += x1 * y1;
-        ld4(&y0, k1 + d); ld4(&y1, k1 + d + 4); b0 += x0 * y0; b1 += x1 * y1;
-        ld4(&y0, k2 + d); ld4(&y1, k2 + d + 4); c0 += x0 * y0; c1 += x1 * y1;
-        ld4(&y0, k3 + d); ld4(&y1, k3 + d + 4); d0 += x0 * y0; d1 += x1 * y1;
+        fm__v8 x, y;
+        ld8(&x, q + d);
+        ld8(&y, k + d);
+        a += x * y;
     }
-    const fm__v4 *acc[4][2] = {{&a0, &a1}, {&b0, &b1}, {&c0, &c1}, {&d0, &d1}};
-    const float *ks[4] = {k0, k1, k2, k3};
-    for (int r = 0; r < 4; r++) {
-        float l[8];
-        st4(l, acc[r][0]);
-        st4(l + 4, acc[r][1]);
-        for (int32_t e = d; e < n; e++) l[e & 7] += q[e] * ks[r][e];
-        out[r] = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    return lanes_sum(&a, q, k, d, n);
+}
+
+/* The scores q.k_j of 4 positions in lockstep (independent chains hide the add latency),
+ * each with exactly dot8's arithmetic. */
+FM_INLINE void dot8_x4(const float *q, const float *k0, const float *k1, const float *k2,
+                       const float *k3, int32_t n, float *out) {
+    fm__v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int32_t d = 0;
+    for (; d + 8 <= n; d += 8) {
+        fm__v8 x, y;
+        ld8(&x, q + d);
+        ld8(&y, k0 + d); a0 += x * y;
+        ld8(&y, k1 + d); a1 += x * y;
+        ld8(&y, k2 + d); a2 += x * y;
+        ld8(&y, k3 + d); a3 += x * y;
     }
+    out[0] = lanes_sum(&a0, q, k0, d, n);
+    out[1] = lanes_sum(&a1, q, k1, d, n);
+    out[2] = lanes_sum(&a2, q, k2, d, n);
+    out[3] = lanes_sum(&a3, q, k3, d, n);
+}
+
+/* dot8_x4 for 8 positions k + i * stride (more chains in flight). */
+FM_INLINE void dot8_x8(const float *q, const float *k, int64_t stride, int32_t n, float *out) {
+    fm__v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+    const float *k0 = k, *k1 = k + stride, *k2 = k + 2 * stride, *k3 = k + 3 * stride;
+    const float *k4 = k + 4 * stride, *k5 = k + 5 * stride, *k6 = k + 6 * stride, *k7 = k + 7 * stride;
+    int32_t d = 0;
+    for (; d + 8 <= n; d += 8) {
+        fm__v8 x, y;
+        ld8(&x, q + d);
+        ld8(&y, k0 + d); a0 += x * y;
+        ld8(&y, k1 + d); a1 += x * y;
+        ld8(&y, k2 + d); a2 += x * y;
+        ld8(&y, k3 + d); a3 += x * y;
+        ld8(&y, k4 + d); a4 += x * y;
+        ld8(&y, k5 + d); a5 += x * y;
+        ld8(&y, k6 + d); a6 += x * y;
+        ld8(&y, k7 + d); a7 += x * y;
+    }
+    out[0] = lanes_sum(&a0, q, k0, d, n);
+    out[1] = lanes_sum(&a1, q, k1, d, n);
+    out[2] = lanes_sum(&a2, q, k2, d, n);
+    out[3] = lanes_sum(&a3, q, k3, d, n);
+    out[4] = lanes_sum(&a4, q, k4, d, n);
+    out[5] = lanes_sum(&a5, q, k5, d, n);
+    out[6] = lanes_sum(&a6, q, k6, d, n);
+    out[7] = lanes_sum(&a7, q, k7, d, n);
 }
 
 /* out[d] = out[d] + sum_j p[j] * v_j[d] for j < nb in order (v_j at v + j*stride). */
-static void acc_values(float *out, const float *p, const float *v, int64_t stride, int32_t nb,
-                       int32_t n) {
+FM_INLINE void acc_values(float *out, const float *p, const float *v, int64_t stride, int32_t nb,
+                          int32_t n) {
     int32_t d = 0;
-    for (; d + 32 <= n; d += 32) {
-        fm__v4 a[8];
-        for (int i = 0; i < 8; i++) ld4(&a[i], out + d + 4 * i);
+    for (; d + 64 <= n; d += 64) { /* 64 accumulators in registers: four add chains */
+        fm__v16 a0, a1, a2, a3;
+        __builtin_memcpy(&a0, out + d, sizeof a0);
+        __builtin_memcpy(&a1, out + d + 16, sizeof a1);
+        __builtin_memcpy(&a2, out + d + 32, sizeof a2);
+        __builtin_memcpy(&a3, out + d + 48, sizeof a3);
         for (int32_t j = 0; j < nb; j++) {
             const float *vj = v + (int64_t)j * stride + d;
             float pj = p[j];
-            for (int i = 0; i < 8; i++) {
-                fm__v4 x;
-                ld4(&x, vj + 4 * i);
-                a[i] += pj * x;
-            }
+            fm__v16 x0, x1, x2, x3;
+            __builtin_memcpy(&x0, vj, sizeof x0);
+            __builtin_memcpy(&x1, vj + 16, sizeof x1);
+            __builtin_memcpy(&x2, vj + 32, sizeof x2);
+            __builtin_memcpy(&x3, vj + 48, sizeof x3);
+            a0 += pj * x0;
+            a1 += pj * x1;
+            a2 += pj * x2;
+            a3 += pj * x3;
         }
-        for (int i = 0; i < 8; i++) st4(out + d + 4 * i, &a[i]);
+        __builtin_memcpy(out + d, &a0, sizeof a0);
+        __builtin_memcpy(out + d + 16, &a1, sizeof a1);
+        __builtin_memcpy(out + d + 32, &a2, sizeof a2);
+        __builtin_memcpy(out + d + 48, &a3, sizeof a3);
     }
-    for (; d + 4 <= n; d += 4) {
-        fm__v4 a;
-        ld4(&a, out + d);
+    for (; d + 8 <= n; d += 8) {
+        fm__v8 a;
+        ld8(&a, out + d);
         for (int32_t j = 0; j < nb; j++) {
-            fm__v4 x;
-            ld4(&x, v + (int64_t)j * stride + d);
+            fm__v8 x;
+            ld8(&x, v + (int64_t)j * stride + d);
             a += p[j] * x;
         }
-        st4(out + d, &a);
+        st8(out + d, &a);
     }
     for (; d < n; d++) {
         float a = out[d];
         for (int32_t j = 0; j < nb; j++) a += p[j] * v[(int64_t)j * stride + d];
         out[d] = a;
     }
+}
+
+typedef int32_t fm__v8i __attribute__((vector_size(32)));
+
+/* e^x for x <= 0 (NaN excluded), element-wise, in float arithmetic only (so the same bits
+ * on every ISA): x = n ln2 + r with n = round(x / ln2) (Cody-Waite, two constants), e^r
+ * by Cephes expf's polynomial on |r| <= ln2/2, times 2^n through the exponent bits; 0 below
+ * -87 (e^-87 = 1.6e-38, next to the normal range). Within 1 ulp of glibc expf on [-87, 0]
+ * (every 64th float checked). */
+FM_INLINE void exp_nonpos(fm__v8 *px) {
+    fm__v8 x = *px;
+    const fm__v8 lo = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f};
+    fm__v8i keep = x >= lo; /* all ones where x >= -87 */
+    fm__v8i xb, lob;
+    __builtin_memcpy(&xb, &x, sizeof xb);
+    __builtin_memcpy(&lob, &lo, sizeof lob);
+    xb = (xb & keep) | (lob & ~keep);
+    __builtin_memcpy(&x, &xb, sizeof x);
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    fm__v8 t = x * 1.44269504088896341f + magic;
+    fm__v8 fn = t - magic;
+    fm__v8i n;
+    __builtin_memcpy(&n, &t, sizeof n);
+    n -= 0x4B400000; /* the bits of magic: n = round(x / ln2) */
+    fm__v8 r = x - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    fm__v8 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    fm__v8 y = p * (r * r) + r + 1.0f;
+    fm__v8i yb;
+    __builtin_memcpy(&yb, &y, sizeof yb); /* y * 2^n */
+    yb = (yb + (n << 23)) & keep;
+    __builtin_memcpy(px, &yb, sizeof yb);
 }
 
 #define ATT_BLOCK 32 /* key positions per softmax block */
@@ -136,6 +216,7 @@ static void acc_values(float *out, const float *p, const float *v, int64_t strid
  * positions from k0: the block's scores (dot8 * scale), the running maximum raised to the
  * block's (accumulator and sum rescaled by expf(old - new) once), p_j = expf(s_j - max)
  * added to the double sum and p_j * v_j to the output in position order. */
+FM_CLONES
 static void attend_pass(float *out, int64_t out_stride, const float *q, int64_t q_stride,
                         int32_t nq, const float *k, const float *v, int64_t kv_stride, int32_t k0,
                         int32_t k1, int32_t head_dim, float scale) {
@@ -154,6 +235,7 @@ static void attend_pass(float *out, int64_t out_stride, const float *q, int64_t 
             const float *qh = q + h * q_stride;
             float *sh = s[h];
             int32_t j = 0;
+            for (; j + 8 <= nb; j += 8) dot8_x8(qh, kb + j * kv_stride, kv_stride, head_dim, sh + j);
             for (; j + 4 <= nb; j += 4)
                 dot8_x4(qh, kb + j * kv_stride, kb + (j + 1) * kv_stride, kb + (j + 2) * kv_stride,
                         kb + (j + 3) * kv_stride, head_dim, sh + j);
@@ -172,10 +254,15 @@ static void attend_pass(float *out, int64_t out_stride, const float *q, int64_t 
                 }
                 mx[h] = bm;
             }
-            for (j = 0; j < nb; j++) {
-                sh[j] = expf(sh[j] - mx[h]);
-                sum[h] += sh[j];
+            for (j = nb; j < ATT_BLOCK; j++) sh[j] = mx[h]; /* padding, not summed */
+            for (j = 0; j < ATT_BLOCK; j += 8) {
+                fm__v8 x;
+                ld8(&x, sh + j);
+                x -= mx[h];
+                exp_nonpos(&x);
+                st8(sh + j, &x);
             }
+            for (j = 0; j < nb; j++) sum[h] += sh[j];
             acc_values(out + h * out_stride, sh, vb, kv_stride, nb, head_dim);
         }
     }
