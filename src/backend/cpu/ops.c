@@ -36,9 +36,6 @@ void fm__softmax(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-void fm__silu_mul(float *g, const float *u, int64_t n) {
-    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
 
 /* 8 floats as one value (GCC/Clang vector extension: one AVX register, or two SSE or NEON
  * registers): element-wise arithmetic, unaligned loads through memcpy. Element-wise IEEE
@@ -175,13 +172,19 @@ FM_INLINE void acc_values(float *out, const float *p, const float *v, int64_t st
 
 typedef int32_t fm__v8i __attribute__((vector_size(32)));
 
-/* e^x for x <= 0 (NaN excluded), element-wise, in float arithmetic only (so the same bits
- * on every ISA): x = n ln2 + r with n = round(x / ln2) (Cody-Waite, two constants), e^r
- * by Cephes expf's polynomial on |r| <= ln2/2, times 2^n through the exponent bits; 0 below
- * -87 (e^-87 = 1.6e-38, next to the normal range). Within 1 ulp of glibc expf on [-87, 0]
- * (every 64th float checked). */
-FM_INLINE void exp_nonpos(fm__v8 *px) {
+/* e^x element-wise (NaN excluded), in float arithmetic only (so the same bits on every
+ * ISA): x = n ln2 + r with n = round(x / ln2) (Cody-Waite, two constants), e^r by Cephes
+ * expf's polynomial on |r| <= ln2/2, times 2^n through the exponent bits; 0 below -87
+ * (e^-87 = 1.6e-38, next to the normal range), x above 88 taken as 88 (e^88 = 1.7e38).
+ * Within 1 ulp of glibc expf on [-87, 0] (every 64th float checked). */
+FM_INLINE void exp_v8(fm__v8 *px) {
+    const fm__v8 hi = {88.0f, 88.0f, 88.0f, 88.0f, 88.0f, 88.0f, 88.0f, 88.0f};
     fm__v8 x = *px;
+    fm__v8i over = x > hi, xh, hb;
+    __builtin_memcpy(&xh, &x, sizeof xh);
+    __builtin_memcpy(&hb, &hi, sizeof hb);
+    xh = (xh & ~over) | (hb & over);
+    __builtin_memcpy(&x, &xh, sizeof x);
     const fm__v8 lo = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f};
     fm__v8i keep = x >= lo; /* all ones where x >= -87 */
     fm__v8i xb, lob;
@@ -207,6 +210,25 @@ FM_INLINE void exp_nonpos(fm__v8 *px) {
     __builtin_memcpy(&yb, &y, sizeof yb); /* y * 2^n */
     yb = (yb + (n << 23)) & keep;
     __builtin_memcpy(px, &yb, sizeof yb);
+}
+
+/* g[i] = g[i] / (1 + e^-g[i]) * u[i], 8 at a time (a padded last chunk) with exp_v8. */
+FM_CLONES
+void fm__silu_mul(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i += 8) {
+        float gb[8] = {0}, ub[8] = {0};
+        int64_t c = n - i < 8 ? n - i : 8;
+        __builtin_memcpy(gb, g + i, (size_t)c * sizeof(float));
+        __builtin_memcpy(ub, u + i, (size_t)c * sizeof(float));
+        fm__v8 x, y, e;
+        ld8(&x, gb);
+        ld8(&y, ub);
+        e = -x;
+        exp_v8(&e);
+        x = x / (1.0f + e) * y;
+        st8(gb, &x);
+        __builtin_memcpy(g + i, gb, (size_t)c * sizeof(float));
+    }
 }
 
 #define ATT_BLOCK 32 /* key positions per softmax block */
@@ -259,7 +281,7 @@ static void attend_pass(float *out, int64_t out_stride, const float *q, int64_t 
                 fm__v8 x;
                 ld8(&x, sh + j);
                 x -= mx[h];
-                exp_nonpos(&x);
+                exp_v8(&x);
                 st8(sh + j, &x);
             }
             for (j = 0; j < nb; j++) sum[h] += sh[j];
