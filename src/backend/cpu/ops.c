@@ -212,22 +212,26 @@ FM_INLINE void exp_v8(fm__v8 *px) {
     __builtin_memcpy(px, &yb, sizeof yb);
 }
 
-/* g[i] = g[i] / (1 + e^-g[i]) * u[i], 8 at a time (a padded last chunk) with exp_v8. */
+/* g[i] = g[i] / (1 + e^-g[i]) * u[i], 8 at a time with exp_v8 (the last chunk padded). */
+FM_INLINE void silu8(float *g, const float *u) {
+    fm__v8 x, y, e;
+    ld8(&x, g);
+    ld8(&y, u);
+    e = -x;
+    exp_v8(&e);
+    x = x / (1.0f + e) * y;
+    st8(g, &x);
+}
+
 FM_CLONES
 void fm__silu_mul(float *g, const float *u, int64_t n) {
-    for (int64_t i = 0; i < n; i += 8) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) silu8(g + i, u + i);
+    if (i < n) {
         float gb[8] = {0}, ub[8] = {0};
-        int64_t c = n - i < 8 ? n - i : 8;
-        __builtin_memcpy(gb, g + i, (size_t)c * sizeof(float));
-        __builtin_memcpy(ub, u + i, (size_t)c * sizeof(float));
-        fm__v8 x, y, e;
-        ld8(&x, gb);
-        ld8(&y, ub);
-        e = -x;
-        exp_v8(&e);
-        x = x / (1.0f + e) * y;
-        st8(gb, &x);
-        __builtin_memcpy(g + i, gb, (size_t)c * sizeof(float));
+        for (int64_t j = i; j < n; j++) { gb[j - i] = g[j]; ub[j - i] = u[j]; }
+        silu8(gb, ub);
+        for (int64_t j = i; j < n; j++) g[j] = gb[j - i];
     }
 }
 
