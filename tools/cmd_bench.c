@@ -1,8 +1,9 @@
 /* cmd_bench.c: flash-moe bench. Measures, in one run, the machine's read memory bandwidth
  * (1 thread and all threads), the achieved bandwidth of the matrix-vector kernels (Q4 g64,
- * Q8 g64, BF16) on matrices larger than the last-level cache, each next to the measured
+ * Q8 g64, BF16) on matrices many times the last-level cache, each next to the measured
  * bandwidth, and with --model the decode speed of a resident model next to its bound
- * (active weight bytes per token / bandwidth). Figures, not pass/fail. */
+ * (weight bytes one token reads / the best read rate of the run), plus the same decode in
+ * rounds each paired with a read pass right after it. Figures, not pass/fail. */
 #include "cli.h"
 #include "backend/backend.h"
 #include "common.h"
