@@ -121,7 +121,8 @@ struct fm_model {
 struct fm__state {
     fm_model *m;
     int32_t pos, n_ctx;
-    float *kc, *vc;          /* [n_attn][n_ctx][kvd] */
+    float *kc, *vc;          /* [n_attn][n_kv_heads][n_ctx][head_dim]: each head's rows
+                                contiguous, so attention streams them in order */
     float *lin;              /* [n_lin][lin_state] recurrent + convolution state */
     float *snap[N_SNAP];     /* copies of lin at positions snap_pos (-1 = empty) */
     int32_t snap_pos[N_SNAP], snap_next;
@@ -740,12 +741,12 @@ static void attn_task(int64_t i, void *vctx) {
     const fm__config *c = m->cfg;
     int32_t t = (int32_t)(i / a->n_task), h0 = (int32_t)(i % a->n_task) * a->per;
     int32_t pos = a->p0 + t, hd = c->head_dim;
-    size_t lay = (size_t)a->layer * (size_t)a->s->n_ctx * (size_t)m->kvd; /* attention index */
-    const float *kb = a->s->kc + lay + (size_t)(h0 / a->group) * hd;
-    const float *vb = a->s->vc + lay + (size_t)(h0 / a->group) * hd;
+    /* this layer's (attention index) key/value head, head-major */
+    size_t kvh = ((size_t)a->layer * c->n_kv_heads + (size_t)(h0 / a->group)) * (size_t)a->s->n_ctx * hd;
+    const float *kb = a->s->kc + kvh, *vb = a->s->vc + kvh;
     int32_t k0 = c->sliding_window > 0 ? FM_MAX(0, pos - c->sliding_window + 1) : 0;
     size_t qo = (size_t)t * m->qd + (size_t)h0 * hd;
-    fm__attend_heads(m->att + qo, hd, m->q + qo, hd, a->per, kb, vb, m->kvd, k0, pos + 1, hd,
+    fm__attend_heads(m->att + qo, hd, m->q + qo, hd, a->per, kb, vb, hd, k0, pos + 1, hd,
                      1.0f / sqrtf((float)hd));
 }
 
@@ -1036,10 +1037,12 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             const float *cs = m->rope_cos + (size_t)(p0 + t) * half, *sn = m->rope_sin + (size_t)(p0 + t) * half;
             fm__rope(q, c->n_heads, (int32_t)hd, m->rot, cs, sn);
             fm__rope(k, c->n_kv_heads, (int32_t)hd, m->rot, cs, sn);
-            /* 7. append k, v to the cache */
-            size_t at = ((size_t)w->attn * s->n_ctx + (size_t)(p0 + t)) * (size_t)KVD;
-            memcpy(s->kc + at, k, (size_t)KVD * 4);
-            memcpy(s->vc + at, v, (size_t)KVD * 4);
+            /* 7. append k, v to the cache (head-major) */
+            for (int32_t g = 0; g < c->n_kv_heads; g++) {
+                size_t at = (((size_t)w->attn * c->n_kv_heads + g) * s->n_ctx + (size_t)(p0 + t)) * (size_t)hd;
+                memcpy(s->kc + at, k + (size_t)g * hd, (size_t)hd * 4);
+                memcpy(s->vc + at, v + (size_t)g * hd, (size_t)hd * 4);
+            }
         }
         tp = ph(m, PH_QKROPE, tp);
         /* 8. causal GQA attention, one task per (token, head) */
