@@ -281,13 +281,15 @@ static int on_prefill(int64_t done, int64_t total, void *user) {
 
 /* Picks the session for a prompt of n tokens. Let l be a session's common prefix with the
  * prompt and m the tokens it holds. The session with the longest l wins (a continuation,
- * l == m, on ties) when it is a continuation or l covers at least half the prompt. Otherwise
- * a conversation that merely shares a system prompt must not overwrite another's cache: a
- * new session is made while fewer than cfg.sessions exist, else the least recently used
- * one is taken. */
+ * l == m, on ties) when it is a continuation, or when l covers at least half the prompt and
+ * at least half of what the session holds (a short prompt must not throw away most of a
+ * long conversation's cache, e.g. one whose request was cancelled and will be retried).
+ * Otherwise a conversation that merely shares a system prompt must not overwrite another's
+ * cache: a new session is made while fewer than cfg.sessions exist, else the least recently
+ * used one is taken. */
 static fm_session *pick_session(server *s, const int32_t *ids, size_t n) {
     int best = -1, best_cont = 0;
-    size_t best_l = 0;
+    size_t best_l = 0, best_m = 0;
     for (int i = 0; i < s->n_sess; i++) {
         size_t m = 0;
         const int32_t *t = fm_session_tokens(s->sess[i], &m);
@@ -296,11 +298,12 @@ static fm_session *pick_session(server *s, const int32_t *ids, size_t n) {
         int cont = m > 0 && l == m;
         if (l > best_l || (l == best_l && l > 0 && cont && !best_cont)) {
             best_l = l;
+            best_m = m;
             best = i;
             best_cont = cont;
         }
     }
-    if (best >= 0 && !best_cont && best_l * 2 < n) best = -1;
+    if (best >= 0 && !best_cont && (best_l * 2 < n || best_l * 2 < best_m)) best = -1;
     if (best < 0) {
         if (s->n_sess < s->cfg.sessions) {
             fm_session *ns = NULL;

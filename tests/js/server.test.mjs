@@ -357,3 +357,17 @@ test('interleaved conversations each keep their own KV cache (LRU of sessions)',
   assert.ok(rb2.usage.prompt_tokens_details.cached_tokens >= rb.usage.prompt_tokens - 1,
     `B: ${rb2.usage.prompt_tokens_details.cached_tokens} cached of ${rb.usage.prompt_tokens}`);
 });
+
+test('a short prompt sharing only the system prompt does not take over a long conversation\'s cache', async () => {
+  const c = oa(real);
+  const a = [{ role: 'user', content: 'Conversation C: write a long explanation of how a hash table handles collisions, '
+    + 'with chaining and with open addressing, and compare their memory use and speed in detail.' }];
+  const ra = await c.chat.completions.create({ model: 'm', messages: a, max_tokens: 6, temperature: 0 });
+  // shares the system prompt and the user-turn header: more than half of its own tokens,
+  // but far less than half of conversation C's
+  await c.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2, temperature: 0 });
+  a.push({ role: 'assistant', content: ra.choices[0].message.content }, { role: 'user', content: 'Shorter, please.' });
+  const ra2 = await c.chat.completions.create({ model: 'm', messages: a, max_tokens: 2, temperature: 0 });
+  assert.ok(ra2.usage.prompt_tokens_details.cached_tokens >= ra.usage.prompt_tokens - 1,
+    `C: ${ra2.usage.prompt_tokens_details.cached_tokens} cached of ${ra.usage.prompt_tokens}`);
+});
