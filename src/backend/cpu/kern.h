@@ -49,8 +49,10 @@ FM_ROWS_DECL(fm__rows_scalar);
  * The kernels then compute, per output, exactly what fm__rows_digits_ref does: 16 float
  * lanes, lane l taking the exact int32 dot product sum q_j m_j over a fixed set of 8 (Q4)
  * or 4 (other bits) columns of one chunk per step, converted to float and accumulated
- * as acc_l = fma(t_l, scale_g * s[c], acc_l), then the bias terms and a fixed lane-sum
- * tree; so every path that implements them gives the same bits. */
+ * as acc_l = fma(t_l, scale_g * s[c], acc_l) (8 bits with 3 digits: the top digit's sum
+ * apart, t_l = fma((float)(a.q), 2^16, (float)((b.q << 8) + c.q))), then the bias terms
+ * sum_g bias_g * xsum_g in lane g mod 16 and a fixed lane-sum tree; so every path that
+ * implements them gives the same bits. */
 #define FM_XQ_BYTES(cols, D) ((cols) * (D))
 int64_t fm__xq_at(int bits, int D, int64_t cols, int64_t c, int k, int d);
 void fm__xq_prep_ref(const float *x, int64_t cols, int bits, int digits, int8_t *xq, float *s);

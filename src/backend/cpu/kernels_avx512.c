@@ -8,13 +8,18 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Software prefetch distance for the weight stream (bytes): the integer kernels run close
- * to the memory rate, and prefetching across pages keeps enough loads in flight. */
+/* Software prefetch distance (bytes) and hint for the weight stream of the integer kernels
+ * other than 4 bits: into L2, 8 KiB ahead (8-bit g64 matvec, 2 threads, 2 MiB pages:
+ * about 55 GB/s with 2 digits against 47-51 for L1 at 2 KiB). */
 #ifndef FM_PF
-#define FM_PF 2048
+#define FM_PF 8192
+#endif
+#ifndef FM_PF_HINT
+#define FM_PF_HINT _MM_HINT_T1
 #endif
 /* The 4-bit kernel's distance and hint: into L2, 8 KiB ahead (measured best for long
- * streams here, 1 and 2 threads, 4 KiB and 2 MiB pages). */
+ * streams here, 1 and 2 threads, 4 KiB and 2 MiB pages; T0 or NTA hints, or 2 KiB, halve
+ * the 2-thread rate). */
 #ifndef FM_PF4
 #define FM_PF4 8192
 #endif
@@ -311,7 +316,7 @@ AI void q8v_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy, const fm__kar
         acc[b] = _mm512_setzero_ps();
     }
     for (int64_t c = 0; c < nc; c++) {
-        _mm_prefetch((const char *)(row + c * 64) + FM_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(row + c * 64) + FM_PF, FM_PF_HINT);
         __m512i q = _mm512_loadu_si512(row + c * 64);
         __m512 sw;
         if (G == 32) { /* lanes 0-7: columns 0-31, lanes 8-15: columns 32-63 */
@@ -380,7 +385,7 @@ AI VBMI void qgv_nb(const fm__mat *W, int64_t r, float *Y, int64_t ldy, const fm
         acc[b] = _mm512_setzero_ps();
     }
     for (int64_t c = 0; c < nc; c++) {
-        _mm_prefetch((const char *)(row + c * 8 * bits) + FM_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(row + c * 8 * bits) + FM_PF, FM_PF_HINT);
         __m512i v = _mm512_maskz_loadu_epi8(tb->ld, row + c * 8 * bits);
         __m512i w0 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(tb->idx[0], v), tb->sh[0]), tb->mask);
         __m512i w1 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(tb->idx[1], v), tb->sh[1]), tb->mask);
