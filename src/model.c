@@ -133,6 +133,7 @@ struct fm__state {
  * the per-token breakdown. Off: one branch per phase. */
 enum { PH_EMBED, PH_NORM, PH_QKV, PH_QKROPE, PH_ATTN, PH_WO, PH_ROUTER, PH_TOPK, PH_FETCH,
        PH_GATEUP, PH_SILU, PH_DOWN, PH_SHARED, PH_COMBINE, PH_LMHEAD, PH_N };
+_Static_assert(PH_N <= 16, "fm_model.ph_t holds 16 phases");
 static const char *const ph_names[PH_N] = {
     "embed", "norms", "qkv", "qk-norm+rope+kv", "attention", "o_proj+res", "router",
     "top-k+group", "expert lookup", "experts gate+up", "silu", "experts down", "shared/mlp",
@@ -723,7 +724,6 @@ fm_status fm__state_snapshot(fm__state *s) {
 
 /* ---- forward ----------------------------------------------------------------------- */
 
-
 typedef struct attn_ctx {
     fm_model *m;
     const fm__state *s;
@@ -1045,9 +1045,10 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             }
         }
         tp = ph(m, PH_QKROPE, tp);
-        /* 8. causal GQA attention, one task per (token, head) */
+        /* 8. causal GQA attention, one task per (token, group of query heads sharing a
+         *    key/value head) */
         attn_ctx ac = {m, s, w->attn, p0, c->n_heads / c->n_kv_heads, 0, 0};
-        /* the largest split of a group into tasks that still gives every thread 4 tasks */
+        /* heads per task: the whole group, halved while that leaves under 4 tasks per thread */
         ac.per = ac.group;
         while (ac.per % 2 == 0 && (int64_t)T * (c->n_heads / ac.per) < 4 * fm__pool_size(m->pool)) ac.per /= 2;
         ac.n_task = c->n_heads / ac.per;
