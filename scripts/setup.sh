@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential pkg-config libpcre2-dev libutf8proc-dev libmicrohttpd-dev libcjson-dev
-      libedit-dev python3 python3-jinja2 python3-regex"
+      libedit-dev python3 python3-jinja2 python3-regex python3-numpy"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # Node.js and npm: take Debian's only when the machine has none (a Node.js install from

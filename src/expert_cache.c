@@ -207,11 +207,14 @@ static void run_job(fm__ecache *c, ec_worker *w, ec_job *j) {
         rc = fm__ec_read_ckpt_array(&c->files, &c->lay, j->layer, j->expert, j->part, dst,
                                     w->bounce, &direct, &nread, err, sizeof err);
     }
-    if (rc != 0) {
-        pthread_mutex_lock(&c->mu);
-        if (!L->err[s][0]) snprintf(L->err[s], EC_ERRLEN, "%s", err);
-        pthread_mutex_unlock(&c->mu);
-    }
+    /* counted before this part is marked done: once the last part is, a fetcher may
+     * return and read the statistics */
+    pthread_mutex_lock(&c->mu);
+    c->bytes_read += (int64_t)nread;
+    if (direct) c->direct_used = 1;
+    if (rc != 0 && !L->err[s][0]) snprintf(L->err[s], EC_ERRLEN, "%s", err);
+    pthread_mutex_unlock(&c->mu);
+    nread = 0;
     int final = -1;
     if (atomic_fetch_sub(&L->remaining[s], 1) == 1) { /* the last part */
         pthread_mutex_lock(&c->mu);
@@ -234,7 +237,8 @@ static void run_job(fm__ecache *c, ec_worker *w, ec_job *j) {
                     pthread_mutex_unlock(&c->mu);
                     failed = 1;
                 }
-                nread += n2;
+                nread = n2;
+                if (d2) direct = 1;
             } else {
                 from_store = 1;
             }
