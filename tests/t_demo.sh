@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The bundled demo model against its stored references (models/demo/ref/, computed outside
-# flash-moe: float32 logits and greedy ids from transformers' modeling_qwen2_moe.py (run by
-# scripts/ref/hf_exec.py; commit in ref.json), prompt ids from @lenml/tokenizers):
+# flash-moe by the installed transformers on the GPU machine, scripts/demo/reference_hf.py:
+# float32 logits and greedy ids of Qwen2MoeForCausalLM on the stored weights dequantized,
+# prompt ids from apply_chat_template + AutoTokenizer; provenance in each file's "source"):
 #   - logits of a fixed prompt within 1e-4 relative error, same argmax, prefill and decode;
 #   - the chat prompt tokenizes to the reference ids;
 #   - the greedy chat answer equals the reference text at full and at 25% capacity;

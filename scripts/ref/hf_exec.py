@@ -473,9 +473,18 @@ def load_installed(model_type):
                   "mixtral": "Mixtral", "olmoe": "Olmoe"}[model_type]
     mod = importlib.import_module("transformers.models.%s.modeling_%s" % (model_type, model_type))
     cfg_mod = importlib.import_module("transformers.models.%s.configuration_%s" % (model_type, model_type))
+    for name in list(vars(mod)):
+        # transformers >= 5.15 wraps the file's torch functions in
+        # use_kernel_func_from_hub_with_fallback (hub kernel, else the package, else torch):
+        # take the torch function itself
+        f = getattr(mod, name)
+        if (("conv1d" in name or "delta_rule" in name) and callable(f) and hasattr(f, "__wrapped__")
+                and getattr(f, "__module__", "") == mod.__name__):
+            setattr(mod, name, f.__wrapped__)
     for name in ("causal_conv1d_fn", "causal_conv1d_update", "chunk_gated_delta_rule",
                  "fused_recurrent_gated_delta_rule", "FusedRMSNormGated"):
-        if getattr(mod, name, None) is not None:
+        f = getattr(mod, name, None)
+        if f is not None and getattr(f, "__module__", "") != mod.__name__:
             print("note: %s found; using the torch path instead" % name)
             setattr(mod, name, None)
     if hasattr(mod, "is_fast_path_available"):
@@ -554,8 +563,13 @@ def torch_path_only(model):
         for attr in ("causal_conv1d_fn", "causal_conv1d_update", "chunk_gated_delta_rule",
                      "recurrent_gated_delta_rule"):
             cur = getattr(m, attr, None)
-            if cur is None or getattr(cur, "__name__", "").startswith("torch_"):
+            if cur is None:
                 continue
+            if hasattr(cur, "__wrapped__"):  # hub/package dispatch around a torch function
+                setattr(m, attr, cur.__wrapped__)
+                continue
+            if getattr(cur, "__module__", "") == getattr(mod, "__name__", None):
+                continue  # the file's own function
             setattr(m, attr, getattr(mod, "torch_" + attr, None) if mod is not None else None)
 
 
