@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { startServer, sleep } from './server_lib.mjs';
 
 const CHUNK = 256; // the library's prefill chunk
-const LONG = 'The quick brown fox jumps over the lazy dog, and then it runs away. '.repeat(76); // ~2060 tokens with the chat template
+const LONG = 'The quick brown fox jumps over the lazy dog, and then it runs away. '.repeat(68); // ~1860 tokens with the chat template (context 2048)
 let S;
 
 before(async () => {
