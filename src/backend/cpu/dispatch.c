@@ -121,7 +121,9 @@ static void mm_task(int64_t t, void *c) {
  * TASK_MAX bytes (so a long matrix such as the LM head ends with short tasks and the
  * threads finish together; measured +1% decode over 16 equal tasks) and at least TASK_MIN
  * (the claim and the prefetch ramp are amortized). */
+#ifndef TASK_MAX
 #define TASK_MAX (1u << 20)
+#endif
 #define TASK_MIN (16u << 10)
 
 static int64_t task_rows(int nt, int64_t rows, uint64_t row_bytes) {
@@ -200,6 +202,9 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
 /* ---- many matrix-vector products in one dispatch --------------------------------- */
 
 #define MV_MAX 32 /* matrices per pool dispatch */
+#ifndef MV_TASK
+#define MV_TASK (128u << 10)
+#endif
 
 typedef struct {
     mm_job j[MV_MAX];
@@ -220,9 +225,16 @@ static void mv_flush(fm__pool *p, mv_batch *b) {
     if (b->nj == 0) return;
     int nt = fm__pool_size(p);
     int64_t rows = 0;
-    for (int i = 0; i < b->nj; i++) rows += b->j[i].W->rows;
-    int64_t ntask = (int64_t)FM_MAX(nt, 1) * 8;
+    uint64_t bytes = 0;
+    for (int i = 0; i < b->nj; i++) {
+        rows += b->j[i].W->rows;
+        bytes += fm__mat_data_bytes(b->j[i].W);
+    }
+    /* at least 8 tasks per thread, and tasks of at most MV_TASK bytes: the threads finish
+     * a dispatch at most one short task apart */
+    int64_t ntask = FM_MAX((int64_t)FM_MAX(nt, 1) * 8, (int64_t)(bytes / MV_TASK));
     int64_t rpt = FM_MAX((rows + ntask - 1) / ntask, 4);
+    rpt = (rpt + 1) & ~(int64_t)1; /* even: the kernels take rows in pairs */
     b->first[0] = 0;
     for (int i = 0; i < b->nj; i++) {
         b->j[i].rows_per_task = rpt;
