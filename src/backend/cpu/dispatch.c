@@ -121,9 +121,7 @@ static void mm_task(int64_t t, void *c) {
  * TASK_MAX bytes (so a long matrix such as the LM head ends with short tasks and the
  * threads finish together; measured +1% decode over 16 equal tasks) and at least TASK_MIN
  * (the claim and the prefetch ramp are amortized). */
-#ifndef TASK_MAX
 #define TASK_MAX (1u << 20)
-#endif
 #define TASK_MIN (16u << 10)
 
 static int64_t task_rows(int nt, int64_t rows, uint64_t row_bytes) {
@@ -202,9 +200,7 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
 /* ---- many matrix-vector products in one dispatch --------------------------------- */
 
 #define MV_MAX 32 /* matrices per pool dispatch */
-#ifndef MV_TASK
 #define MV_TASK (128u << 10)
-#endif
 
 typedef struct {
     mm_job j[MV_MAX];
