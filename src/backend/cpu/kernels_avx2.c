@@ -232,6 +232,14 @@ static inline __attribute__((always_inline)) void bias_fold2(const float *bf, co
 
 /* Rows and chunks a block of the digit path can meet: dispatch.c gives it rows of at most
  * 64 KiB of digits (2 or more per column), so cols <= 32768, nc <= 512, ng <= 1024. */
+/* Software prefetch of the 4-bit path, bytes ahead: each weight row into L2 far ahead and
+ * into L1 nearer, and the scale and bias streams. On the Zen 3 VM (Q4 g64 matvec, 2048 and
+ * 8192 columns, from DRAM) this gave 1 thread 10.9 -> 12.2-13.2 GB/s and 2 threads
+ * 18.4 -> 24.2 GB/s at 8192 columns over a single T0 prefetch 2 KiB ahead; with no
+ * software prefetch at all the kernel ran at half speed. */
+#define Q4_PF_L2 4096
+#define Q4_PF_L1 1536
+#define Q4_PF_SB 512
 #define Q4_NCMAX 512
 #define Q4_NGMAX 1024
 #define Q4_NRMAX 2
@@ -289,6 +297,16 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
     const int8_t *xq[KB];
     __m256 acc[KB][2];
     /* the block's scales and biases (contiguous rows) as floats */
+    { /* the scales and biases of a block further on (their streams are not software
+       * prefetched otherwise, and each block starts with them) */
+        const int64_t es = W->sdt == FM_DT_F32 ? 4 : 2;
+        const char *sp = (const char *)W->scales + r * ng * es + Q4_PF_SB;
+        const char *bp = (const char *)W->biases + r * ng * es + Q4_PF_SB;
+        for (int64_t o = 0; o < NR * ng * es; o += 64) {
+            _mm_prefetch(sp + o, _MM_HINT_T0);
+            _mm_prefetch(bp + o, _MM_HINT_T0);
+        }
+    }
     cvt_scales(W->scales, W->sdt, r * ng, NR * ng, sf);
     cvt_scales(W->biases, W->sdt, r * ng, NR * ng, bf);
 #pragma GCC unroll 4
@@ -303,7 +321,10 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
     for (int b = 0; b < NB; b++) xq[b] = ka->xq + (b0 + b) * ka->ldxq;
     for (int64_t p = 0; p < np; p++) {
 #pragma GCC unroll 4
-        for (int k = 0; k < NR; k++) _mm_prefetch((const char *)(row[k] + p * 64) + KPF, _MM_HINT_T0);
+        for (int k = 0; k < NR; k++) {
+            _mm_prefetch((const char *)(row[k] + p * 64) + Q4_PF_L2, _MM_HINT_T1);
+            _mm_prefetch((const char *)(row[k] + p * 64) + Q4_PF_L1, _MM_HINT_T0);
+        }
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             if (NR > 1) { /* the rows share each digit load */
