@@ -279,6 +279,11 @@ static void test_path(const char *path) {
             check_mat(path, &m.m, what);
             tmat_free(&m);
         }
+    /* large enough (> 1 MB) that the last rows go in the short tail tasks of the split */
+    tmat m;
+    tmat_make(&m, FM_W_QAFFINE, 1031, 2048, 4, 64, FM_DT_BF16);
+    check_mat(path, &m.m, "Q4 g64 BF16 1031x2048");
+    tmat_free(&m);
 }
 
 /* ---- activation digits ------------------------------------------------------------------ */

@@ -108,21 +108,31 @@ typedef struct {
     const float *X;
     float *Y;
     int64_t ldx, n, ldy, rows_per_task;
+    int64_t n_big, tail_rpt; /* run_rows: tasks >= n_big take tail_rpt rows (the tail) */
     fm__kargs ka;
 } mm_job;
 
 static void mm_task(int64_t t, void *c) {
     const mm_job *j = c;
-    int64_t r0 = t * j->rows_per_task, r1 = FM_MIN(j->W->rows, r0 + j->rows_per_task);
-    j->fn(j->W, r0, r1, j->X, j->ldx, j->n, j->Y, j->ldy, &j->ka);
+    int64_t r0, r1;
+    if (t < j->n_big) {
+        r0 = t * j->rows_per_task;
+        r1 = r0 + j->rows_per_task;
+    } else {
+        r0 = j->n_big * j->rows_per_task + (t - j->n_big) * j->tail_rpt;
+        r1 = r0 + j->tail_rpt;
+    }
+    j->fn(j->W, r0, FM_MIN(j->W->rows, r1), j->X, j->ldx, j->n, j->Y, j->ldy, &j->ka);
 }
 
 /* Rows per task of a single matrix: at least 8 tasks per thread, each streaming at most
- * TASK_MAX bytes (so a long matrix such as the LM head ends with short tasks and the
- * threads finish together; measured +1% decode over 16 equal tasks) and at least TASK_MIN
- * (the claim and the prefetch ramp are amortized). */
+ * TASK_MAX bytes and at least TASK_MIN (the claim and the prefetch ramp are amortized).
+ * The last rows, as many as one task per thread, go in tasks of TASK_TAIL bytes, so the
+ * threads finish within a short task of each other: a thread may still be in a large
+ * task when the other runs out (the LM head's tasks take ~80 us each). */
 #define TASK_MAX (1u << 20)
 #define TASK_MIN (16u << 10)
+#define TASK_TAIL (32u << 10)
 
 static int64_t task_rows(int nt, int64_t rows, uint64_t row_bytes) {
     uint64_t target = row_bytes * (uint64_t)rows / ((uint64_t)nt * 8);
@@ -142,9 +152,18 @@ static void run_rows(fm__pool *p, mm_job *j) {
         j->fn(j->W, 0, j->W->rows, j->X, j->ldx, j->n, j->Y, j->ldy, &j->ka);
         return;
     }
-    int64_t rpt = task_rows(nt, j->W->rows, row_bytes);
+    int64_t rows = j->W->rows, rpt = task_rows(nt, rows, row_bytes);
+    int64_t tail = FM_MIN(rows, (int64_t)nt * rpt);
+    int64_t trpt = FM_MAX((int64_t)(TASK_TAIL / row_bytes) & ~(int64_t)1, 2); /* even: row pairs */
+    if (trpt >= rpt) { /* tasks already small: all equal */
+        tail = 0;
+        trpt = rpt;
+    }
     j->rows_per_task = rpt;
-    fm__pool_run(p, (j->W->rows + rpt - 1) / rpt, mm_task, j);
+    j->n_big = (rows - tail) / rpt;
+    j->tail_rpt = trpt;
+    int64_t rest = rows - j->n_big * rpt;
+    fm__pool_run(p, j->n_big + (rest + trpt - 1) / trpt, mm_task, j);
 }
 
 /* Per-call buffers live on the caller's stack (no allocation): batch rows are taken in
@@ -157,7 +176,7 @@ void fm__matmul(fm__pool *p, const fm__mat *W, const float *X, int64_t ldx, int6
                 float *Y, int64_t ldy) {
     if (n <= 0 || W->rows <= 0) return;
     const kpath *k = cur_path();
-    mm_job j = {k->fn, W, X, Y, ldx, n, ldy, 0, {0}};
+    mm_job j = {k->fn, W, X, Y, ldx, n, ldy, 0, 0, 0, {0}};
     if (W->type != FM_W_QAFFINE || k->fn == fm__rows_scalar) {
         run_rows(p, &j);
         return;
@@ -260,7 +279,7 @@ void fm__matvec_multi(fm__pool *p, int32_t nm, const fm__mat *const *W, const fl
         }
         int use_xq = k->xq_prep && (w->bits == 4 || k->xq_all) && w->cols % 64 == 0 &&
                      XQ_ROW_BYTES(w->cols, D) <= XQ_BYTES;
-        mm_job j = {k->fn, w, x[i], y[i], w->cols, 1, w->rows, 0, {0}};
+        mm_job j = {k->fn, w, x[i], y[i], w->cols, 1, w->rows, 0, 0, 0, {0}};
         const mm_job *lj = last >= 0 && b.nj > last ? &b.j[last] : NULL;
         if (lj && lj->X == x[i] && lj->W->cols == w->cols && lj->W->group == w->group &&
             lj->W->bits == w->bits && (lj->ka.xq != NULL) == use_xq) {
