@@ -6,14 +6,16 @@
 # resident next to other work) under .bench/ (git-ignored), then runs
 #   flash-moe bench --model DIR
 # which prints the read bandwidth (1 and all threads; on 2 MiB pages, the 4 KiB-page figure
-# beside it), the Q4/Q8/BF16 matvec GB/s next to it, and the decode tok/s next to the bound
+# beside it), the Q4/Q8/BF16 matvec GB/s next to it (and each kernel's rate on a matrix that
+# stays in the cache, its arithmetic's ceiling), and the decode tok/s next to the bound
 # (active bytes per token / the best read rate of the run), with all experts resident.
-# Buffers and matrices are sized from the last-level cache (>= 16x and 8x it), so no figure
-# is a cache rate. The memory's rate on a shared VM moves within seconds (35 to 68 GB/s
-# seen here), so the decode is also measured in rounds of 8 tokens, each followed by one
-# read pass, and the median round is put next to its own pass ("paired"). FM_PHASES=1
-# logs the decode time per phase and the thread pool's waits. The summary at the end
-# repeats the bandwidth, Q4 and DECODE VS BOUND lines. The machine should be otherwise idle.
+# Buffers and matrices are sized from the last-level cache (>= 16x and 8x it), so no
+# figure but the named ceiling is a cache rate. The memory's rate on a shared VM moves
+# within seconds (35 to 68 GB/s seen here), so the decode is also measured in rounds of 8
+# tokens, each followed by one read pass, and the median round is put next to its own pass
+# ("paired"). FM_PHASES=1 logs the decode time per phase and the thread pool's waits. The
+# summary at the end repeats the bandwidth, Q4 and DECODE VS BOUND lines. The machine
+# should be otherwise idle.
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${FM_BIN:-build/flash-moe}
