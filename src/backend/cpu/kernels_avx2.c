@@ -230,8 +230,6 @@ static inline __attribute__((always_inline)) void bias_fold2(const float *bf, co
     }
 }
 
-/* Rows and chunks a block of the digit path can meet: dispatch.c gives it rows of at most
- * 64 KiB of digits (2 or more per column), so cols <= 32768, nc <= 512, ng <= 1024. */
 /* Software prefetch of the 4-bit path, bytes ahead: each weight row into L2 far ahead and
  * into L1 nearer, and the scale and bias streams. On the Zen 3 VM (Q4 g64 matvec, 2048 and
  * 8192 columns, from DRAM) this gave 1 thread 10.9 -> 12.2-13.2 GB/s and 2 threads
@@ -240,6 +238,9 @@ static inline __attribute__((always_inline)) void bias_fold2(const float *bf, co
 #define Q4_PF_L2 4096
 #define Q4_PF_L1 1536
 #define Q4_PF_SB 512
+
+/* Rows and chunks a block of the digit path can meet: dispatch.c gives it rows of at most
+ * 64 KiB of digits (2 or more per column), so cols <= 32768, nc <= 512, ng <= 1024. */
 #define Q4_NCMAX 512
 #define Q4_NGMAX 1024
 #define Q4_NRMAX 2
@@ -296,7 +297,6 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
     const uint8_t *row[Q4_NRMAX];
     const int8_t *xq[KB];
     __m256 acc[KB][2];
-    /* the block's scales and biases (contiguous rows) as floats */
     { /* the scales and biases of a block further on (their streams are not software
        * prefetched otherwise, and each block starts with them) */
         const int64_t es = W->sdt == FM_DT_F32 ? 4 : 2;
@@ -307,6 +307,7 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
             _mm_prefetch(bp + o, _MM_HINT_T0);
         }
     }
+    /* the block's scales and biases (contiguous rows) as floats */
     cvt_scales(W->scales, W->sdt, r * ng, NR * ng, sf);
     cvt_scales(W->biases, W->sdt, r * ng, NR * ng, bf);
 #pragma GCC unroll 4
