@@ -299,7 +299,7 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
     __m256 acc[KB][2];
     { /* the scales and biases of a block further on (their streams are not software
        * prefetched otherwise, and each block starts with them) */
-        const int64_t es = W->sdt == FM_DT_F32 ? 4 : 2;
+        const int64_t es = fm__dtype_size(W->sdt);
         const char *sp = (const char *)W->scales + r * ng * es + Q4_PF_SB;
         const char *bp = (const char *)W->biases + r * ng * es + Q4_PF_SB;
         for (int64_t o = 0; o < NR * ng * es; o += 64) {
