@@ -230,13 +230,17 @@ static inline __attribute__((always_inline)) void bias_fold2(const float *bf, co
     }
 }
 
-/* Software prefetch of the 4-bit path, bytes ahead: each weight row into L2 far ahead and
- * into L1 nearer, and the scale and bias streams. On the Zen 3 VM (Q4 g64 matvec, 2048 and
+/* Software prefetch of the 4-bit path, bytes ahead in the block's weight stream (NR rows
+ * read side by side): into L2 far ahead and into L1 nearer, and the scale and bias streams. On the Zen 3 VM (Q4 g64 matvec, 2048 and
  * 8192 columns, from DRAM) this gave 1 thread 10.9 -> 12.2-13.2 GB/s and 2 threads
  * 18.4 -> 24.2 GB/s at 8192 columns over a single T0 prefetch 2 KiB ahead; with no
  * software prefetch at all the kernel ran at half speed. */
+#ifndef Q4_PF_L2
 #define Q4_PF_L2 4096
+#endif
+#ifndef Q4_PF_L1
 #define Q4_PF_L1 1536
+#endif
 #define Q4_PF_SB 512
 
 /* Rows and chunks a block of the digit path can meet: dispatch.c gives it rows of at most
@@ -320,12 +324,15 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
     for (int k = 0; k < NR; k++) row[k] = (const uint8_t *)W->data + (r + k) * (C / 2);
 #pragma GCC unroll 4
     for (int b = 0; b < NB; b++) xq[b] = ka->xq + (b0 + b) * ka->ldxq;
+    fm__pf pf2 = fm__pf_init(Q4_PF_L2, C / 2, NR), pf1 = fm__pf_init(Q4_PF_L1, C / 2, NR);
     for (int64_t p = 0; p < np; p++) {
 #pragma GCC unroll 4
         for (int k = 0; k < NR; k++) {
-            _mm_prefetch((const char *)(row[k] + p * 64) + Q4_PF_L2, _MM_HINT_T1);
-            _mm_prefetch((const char *)(row[k] + p * 64) + Q4_PF_L1, _MM_HINT_T0);
+            _mm_prefetch((const char *)row[k] + pf2.off + pf2.add, _MM_HINT_T1);
+            _mm_prefetch((const char *)row[k] + pf1.off + pf1.add, _MM_HINT_T0);
         }
+        fm__pf_next(&pf2);
+        fm__pf_next(&pf1);
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             if (NR > 1) { /* the rows share each digit load */

@@ -17,9 +17,9 @@
 #ifndef FM_PF_HINT
 #define FM_PF_HINT _MM_HINT_T1
 #endif
-/* The 4-bit kernel's distance and hint: into L2, 8 KiB ahead (measured best for long
- * streams here, 1 and 2 threads, 4 KiB and 2 MiB pages; T0 or NTA hints, or 2 KiB, halve
- * the 2-thread rate). */
+/* The 4-bit kernel's distance (in the stream of a block of rows, fm__pf) and hint: into
+ * L2, 8 KiB ahead (measured best for long streams here, 1 and 2 threads, 4 KiB and 2 MiB
+ * pages; T0 or NTA hints, or 2 KiB, halve the 2-thread rate). */
 #ifndef FM_PF4
 #define FM_PF4 8192
 #endif
@@ -246,17 +246,19 @@ AI VBMI void q4v(const fm__mat *W, int64_t r, float *Y, int64_t ldy, const fm__k
 #pragma GCC unroll 4
         for (int k = 0; k < NR; k++) acc[k][b] = _mm512_setzero_ps();
     }
+    fm__pf pf = fm__pf_init(FM_PF4, C / 2, NR);
     for (int64_t p = 0; p < np; p++) {
         __m512i lo[NRMAX], hi[NRMAX];
         __m512 sc[NRMAX];
 #pragma GCC unroll 4
         for (int k = 0; k < NR; k++) {
-            _mm_prefetch((const char *)(row[k] + p * 64) + FM_PF4, FM_PF4_HINT);
+            _mm_prefetch((const char *)row[k] + pf.off + pf.add, FM_PF4_HINT);
             __m512i v = _mm512_loadu_si512(row[k] + p * 64);
             lo[k] = _mm512_and_si512(v, m4);
             hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
             sc[k] = q4_pair_scales(scales, sdt, (r + k) * ng + p * 128 / G, G);
         }
+        fm__pf_next(&pf);
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) {
             const int8_t *x = xq[b] + p * 128 * D;
