@@ -30,33 +30,15 @@ typedef void (*fm__rows_fn)(const fm__mat *W, int64_t r0, int64_t r1, const floa
               float *Y, int64_t ldy, const fm__kargs *ka)
 FM_ROWS_DECL(fm__rows_scalar);
 
-/* Software prefetch targets of a block of NR consecutive weight rows of RB bytes each that
- * a kernel reads side by side, 64 bytes of each row per step. `ahead` bytes further on in
- * the block's stream is ahead / NR bytes further along each row; past a row's end that
- * position lies in the row NR further on (the next block's). Row k's target is
- * row_k + off + add; fm__pf_next moves it one step. A fixed row + step*64 + ahead instead
- * lands in rows the block is reading now once RB * NR > ahead (8192 columns of 4 bits
- * with 2 rows: 20 -> 24-25 GB/s Q4 matvec on the Zen 3 VM when fixed). */
-typedef struct {
-    int64_t off, lim, add, rb, skip;
-} fm__pf;
-
-static inline void fm__pf_wrap(fm__pf *f) {
-    while (f->off >= f->lim) {
-        f->lim += f->rb;
-        f->add += f->skip;
-    }
-}
-
-static inline fm__pf fm__pf_init(int64_t ahead, int64_t RB, int NR) {
-    fm__pf f = {ahead / NR, RB, 0, RB, (int64_t)(NR - 1) * RB};
-    fm__pf_wrap(&f);
-    return f;
-}
-
-static inline void fm__pf_next(fm__pf *f) {
-    f->off += 64;
-    fm__pf_wrap(f);
+/* Software prefetch distance of a kernel that reads a block of consecutive weight rows
+ * side by side, 64 bytes of each row per step, and prefetches row_k + step*64 + dist: the
+ * smallest multiple of the block's bytes that is at least `ahead`, so that the target is
+ * the same place in the same row of a block further on. A fixed distance below the
+ * block's size instead lands in rows the block is reading now (8192 columns of 4 bits, 2
+ * rows: 20 -> 24-25 GB/s Q4 matvec on the Zen 3 VM when fixed). Once per call, not per
+ * block: the division costs a block of short rows several percent. */
+static inline int64_t fm__pf_dist(int64_t ahead, int64_t block_bytes) {
+    return block_bytes > 0 ? (ahead + block_bytes - 1) / block_bytes * block_bytes : ahead;
 }
 
 /* ---- activation digits (the integer affine kernels) ----------------------------------

@@ -17,7 +17,7 @@
 #ifndef FM_PF_HINT
 #define FM_PF_HINT _MM_HINT_T1
 #endif
-/* The 4-bit kernel's distance (in the stream of a block of rows, fm__pf) and hint: into
+/* The 4-bit kernel's distance (rounded up to whole blocks of rows, fm__pf_dist) and hint: into
  * L2, 8 KiB ahead (measured best for long streams here, 1 and 2 threads, 4 KiB and 2 MiB
  * pages; T0 or NTA hints, or 2 KiB, halve the 2-thread rate). */
 #ifndef FM_PF4
@@ -229,7 +229,7 @@ AI __m512 q4_pair_xs(const float *xqs, int64_t p) {
  * rows share the activation digit loads, the batch rows the weight loads. */
 #define NRMAX 4
 AI VBMI void q4v(const fm__mat *W, int64_t r, float *Y, int64_t ldy, const fm__kargs *ka, int64_t b0,
-                 const int NR, const int NB, const int G, const int D, const fm__dtype sdt) {
+                 const int NR, const int NB, const int G, const int D, const fm__dtype sdt, int64_t pf) {
     const int64_t C = W->cols, nc = C / 64, np = nc / 2, ng = C / G;
     const void *scales = W->scales;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -246,19 +246,17 @@ AI VBMI void q4v(const fm__mat *W, int64_t r, float *Y, int64_t ldy, const fm__k
 #pragma GCC unroll 4
         for (int k = 0; k < NR; k++) acc[k][b] = _mm512_setzero_ps();
     }
-    fm__pf pf = fm__pf_init(FM_PF4, C / 2, NR);
     for (int64_t p = 0; p < np; p++) {
         __m512i lo[NRMAX], hi[NRMAX];
         __m512 sc[NRMAX];
 #pragma GCC unroll 4
         for (int k = 0; k < NR; k++) {
-            _mm_prefetch((const char *)row[k] + pf.off + pf.add, FM_PF4_HINT);
+            _mm_prefetch((const char *)(row[k] + p * 64) + pf, FM_PF4_HINT);
             __m512i v = _mm512_loadu_si512(row[k] + p * 64);
             lo[k] = _mm512_and_si512(v, m4);
             hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
             sc[k] = q4_pair_scales(scales, sdt, (r + k) * ng + p * 128 / G, G);
         }
-        fm__pf_next(&pf);
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) {
             const int8_t *x = xq[b] + p * 128 * D;
@@ -429,9 +427,10 @@ AI VBMI void qgv_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n, float
 /* Decode: rows in fours sharing the digit loads (scale dtype a constant inside). */
 AI VBMI void q4v_dec(const fm__mat *W, int64_t r0, int64_t r1, float *Y, const fm__kargs *ka, const int G,
                      const int D, const fm__dtype sdt) {
+    const int64_t pf4 = fm__pf_dist(FM_PF4, 4 * (W->cols / 2)), pf1 = fm__pf_dist(FM_PF4, W->cols / 2);
     int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) q4v(W, r, Y, 0, ka, 0, 4, 1, G, D, sdt);
-    for (; r < r1; r++) q4v(W, r, Y, 0, ka, 0, 1, 1, G, D, sdt);
+    for (; r + 4 <= r1; r += 4) q4v(W, r, Y, 0, ka, 0, 4, 1, G, D, sdt, pf4);
+    for (; r < r1; r++) q4v(W, r, Y, 0, ka, 0, 1, 1, G, D, sdt, pf1);
 }
 
 AI VBMI void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n, float *Y, int64_t ldy,
@@ -444,13 +443,14 @@ AI VBMI void q4v_rows(const fm__mat *W, int64_t r0, int64_t r1, int64_t n, float
         }
     }
     const fm__dtype sdt = W->sdt;
+    const int64_t pf1 = fm__pf_dist(FM_PF4, W->cols / 2);
     for (int64_t r = r0; r < r1; r++) {
         int64_t b = 0;
-        for (; b + KB <= n; b += KB) q4v(W, r, Y, ldy, ka, b, 1, KB, G, D, sdt);
+        for (; b + KB <= n; b += KB) q4v(W, r, Y, ldy, ka, b, 1, KB, G, D, sdt, pf1);
         switch (n - b) {
-        case 1: q4v(W, r, Y, ldy, ka, b, 1, 1, G, D, sdt); break;
-        case 2: q4v(W, r, Y, ldy, ka, b, 1, 2, G, D, sdt); break;
-        case 3: q4v(W, r, Y, ldy, ka, b, 1, 3, G, D, sdt); break;
+        case 1: q4v(W, r, Y, ldy, ka, b, 1, 1, G, D, sdt, pf1); break;
+        case 2: q4v(W, r, Y, ldy, ka, b, 1, 2, G, D, sdt, pf1); break;
+        case 3: q4v(W, r, Y, ldy, ka, b, 1, 3, G, D, sdt, pf1); break;
         default: break;
         }
     }
