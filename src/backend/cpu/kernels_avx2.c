@@ -203,30 +203,31 @@ static inline __attribute__((always_inline)) __m256 ld8(const void *base, fm__dt
     return _mm256_blendv_ps(_mm256_cvtph_ps(h), _mm256_castsi256_ps(ref), _mm256_castsi256_ps(nan));
 }
 
-/* acc0/acc1 (lanes 0-7 / 8-15) + bias_g * xs[g], g < ng, for the biases from number i0 of
- * an array of dtype dt: group g in lane g mod 16, zeros past ng (fma(0, 0, acc) included,
- * as in fm__rows_digits_ref). tail: biases ng & ~15 .. ng - 1 as floats, then zeros to 16
- * (bias_tail; converted before the accumulators are live, as F16 takes a call). */
-static inline __attribute__((always_inline)) void bias_fold2(const void *bz, fm__dtype dt, int64_t i0,
-                                                             const float *tail, const float *xs, int64_t ng,
-                                                             __m256 *acc) {
-    int64_t g = 0;
-    for (; g + 16 <= ng; g += 16) {
-        acc[0] = _mm256_fmadd_ps(ld8(bz, dt, i0 + g), _mm256_loadu_ps(xs + g), acc[0]);
-        acc[1] = _mm256_fmadd_ps(ld8(bz, dt, i0 + g + 8), _mm256_loadu_ps(xs + g + 8), acc[1]);
-    }
-    if (g < ng) {
-        _Alignas(32) float xt[16];
-        for (int j = 0; j < 16; j++) xt[j] = g + j < ng ? xs[g + j] : 0.0f;
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(tail), _mm256_load_ps(xt), acc[0]);
-        acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(tail + 8), _mm256_load_ps(xt + 8), acc[1]);
-    }
+/* Lanes i < n all ones, the others zero (n may be <= 0 or >= 8). */
+static inline __attribute__((always_inline)) __m256i lanes_below(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-static inline __attribute__((always_inline)) void bias_tail(const void *bz, fm__dtype dt, int64_t i0, int64_t ng,
-                                                            float *tail) {
-    const int64_t g = ng & ~(int64_t)15;
-    for (int j = 0; j < 16; j++) tail[j] = g + j < ng ? fm__ld_scale(bz, dt, i0 + g + j) : 0.0f;
+/* acc0/acc1 (lanes 0-7 / 8-15) + bias_g * xs[g], group g in lane g mod 16, zeros past ng
+ * (fma(0, 0, acc) included, as in fm__rows_digits_ref). bf: the row's biases as floats,
+ * readable (any finite or not) up to the next multiple of 16. */
+static inline __attribute__((always_inline)) void bias_fold2(const float *bf, const float *xs, int64_t ng,
+                                                             __m256 *acc) {
+    for (int64_t g = 0; g < ng; g += 16) {
+        __m256 b0 = _mm256_loadu_ps(bf + g), b1 = _mm256_loadu_ps(bf + g + 8), x0, x1;
+        if (g + 16 <= ng) {
+            x0 = _mm256_loadu_ps(xs + g);
+            x1 = _mm256_loadu_ps(xs + g + 8);
+        } else {
+            const __m256i m0 = lanes_below(ng - g), m1 = lanes_below(ng - g - 8);
+            b0 = _mm256_and_ps(b0, _mm256_castsi256_ps(m0));
+            b1 = _mm256_and_ps(b1, _mm256_castsi256_ps(m1));
+            x0 = _mm256_maskload_ps(xs + g, m0);
+            x1 = _mm256_maskload_ps(xs + g + 8, m1);
+        }
+        acc[0] = _mm256_fmadd_ps(b0, x0, acc[0]);
+        acc[1] = _mm256_fmadd_ps(b1, x1, acc[1]);
+    }
 }
 
 /* Software prefetch of the 4-bit path, bytes ahead in the stream of a block of rows
@@ -243,38 +244,43 @@ static inline __attribute__((always_inline)) void bias_tail(const void *bz, fm__
 #endif
 #define Q4_PF_SB 512
 
-/* Chunks a row of the digit path can have: dispatch.c gives it rows of at most 64 KiB of
- * digits (2 or more per column), so cols <= 32768, nc <= 512. */
+/* Rows and chunks a block of the digit path can meet: dispatch.c gives it rows of at most
+ * 64 KiB of digits (2 or more per column), so cols <= 32768, nc <= 512, ng <= 1024. */
 #define Q4_NCMAX 512
+#define Q4_NGMAX 1024
 #define Q4_NRMAX 2
 
-/* The per-chunk multipliers scale * s[c] of one row, its scales from number i0 of an array
- * of dtype dt, against the chunk scales xqs, in mq: G >= 64 one per chunk, G = 32 two (the
- * chunk's columns 0-31 and 32-63). Straight from the stored scales: converting them into
- * a buffer first, and masked loads, cost the Zen 3 VM about 10% of the kernel's time. */
-static inline __attribute__((always_inline)) void q4i_mults(const void *sc, fm__dtype dt, int64_t i0, int64_t nc,
-                                                            const float *xqs, float *mq, const int G) {
-    const __m256i dup_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dup_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-    int64_t c = 0;
-    if (G == 32) { /* scale i0 + 2c + j for half j of chunk c */
-        for (; c + 4 <= nc; c += 4) {
-            __m256 x = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(xqs + c)), dup_lo);
-            _mm256_storeu_ps(mq + 2 * c, _mm256_mul_ps(ld8(sc, dt, i0 + 2 * c), x));
+/* n scales or biases from number i of an array of dtype dt into out as floats, then 16
+ * zeros. */
+static inline __attribute__((always_inline)) void cvt_scales(const void *base, fm__dtype dt, int64_t i, int64_t n,
+                                                             float *out) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(out + j, ld8(base, dt, i + j));
+    for (; j < n; j++) out[j] = fm__ld_scale(base, dt, i + j);
+    _mm256_storeu_ps(out + n, _mm256_setzero_ps());
+    _mm256_storeu_ps(out + n + 8, _mm256_setzero_ps());
+}
+
+/* The per-chunk multipliers scale * s[c] of one row (scales sf as floats, readable 16 past
+ * the row's) against the chunk scales xqs, in mq: G >= 64 one per chunk, G = 32 two (the
+ * chunk's columns 0-31 and 32-63). */
+static inline __attribute__((always_inline)) void q4i_mults(const float *sf, int64_t nc, const float *xqs,
+                                                            float *mq, const int G) {
+    if (G == 32) {
+        const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        for (int64_t c = 0; c < nc; c += 4) {
+            __m128i m = _mm256_castsi256_si128(lanes_below(nc - c));
+            __m256 x = _mm256_castps128_ps256(c + 4 <= nc ? _mm_loadu_ps(xqs + c) : _mm_maskload_ps(xqs + c, m));
+            _mm256_storeu_ps(mq + 2 * c, _mm256_mul_ps(_mm256_loadu_ps(sf + 2 * c), _mm256_permutevar8x32_ps(x, dup)));
         }
-        for (; c < nc; c++) {
-            mq[2 * c] = fm__ld_scale(sc, dt, i0 + 2 * c) * xqs[c];
-            mq[2 * c + 1] = fm__ld_scale(sc, dt, i0 + 2 * c + 1) * xqs[c];
+    } else {
+        for (int64_t c = 0; c < nc; c += 8) {
+            __m256 s = G == 64 ? _mm256_loadu_ps(sf + c)
+                               : _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sf + c / 2)),
+                                                          _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+            __m256 x = c + 8 <= nc ? _mm256_loadu_ps(xqs + c) : _mm256_maskload_ps(xqs + c, lanes_below(nc - c));
+            _mm256_storeu_ps(mq + c, _mm256_mul_ps(s, x));
         }
-    } else if (G == 64) {
-        for (; c + 8 <= nc; c += 8) _mm256_storeu_ps(mq + c, _mm256_mul_ps(ld8(sc, dt, i0 + c), _mm256_loadu_ps(xqs + c)));
-        for (; c < nc; c++) mq[c] = fm__ld_scale(sc, dt, i0 + c) * xqs[c];
-    } else { /* G = 128: scale i0 + c / 2 */
-        for (; c + 16 <= nc; c += 16) {
-            __m256 s8 = ld8(sc, dt, i0 + c / 2);
-            _mm256_storeu_ps(mq + c, _mm256_mul_ps(_mm256_permutevar8x32_ps(s8, dup_lo), _mm256_loadu_ps(xqs + c)));
-            _mm256_storeu_ps(mq + c + 8, _mm256_mul_ps(_mm256_permutevar8x32_ps(s8, dup_hi), _mm256_loadu_ps(xqs + c + 8)));
-        }
-        for (; c < nc; c++) mq[c] = fm__ld_scale(sc, dt, i0 + c / 2) * xqs[c];
     }
 }
 
@@ -294,6 +300,7 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
                                                           const int64_t *pf) {
     const int64_t C = W->cols, nc = C / 64, np = nc / 2, ng = C / G;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
+    _Alignas(32) float sf[Q4_NRMAX * Q4_NGMAX + 16], bf[Q4_NRMAX * Q4_NGMAX + 16];
     _Alignas(32) float mq[KB][Q4_NCMAX * 2 + 8];
     const uint8_t *row[Q4_NRMAX];
     const int8_t *xq[KB];
@@ -308,14 +315,13 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
             _mm_prefetch(bp + o, _MM_HINT_T0);
         }
     }
-    _Alignas(32) float btail[Q4_NRMAX][16];
-    if (ng & 15)
-#pragma GCC unroll 4
-        for (int k = 0; k < NR; k++) bias_tail(W->biases, W->sdt, (r + k) * ng, ng, btail[k]);
+    /* the block's scales and biases (contiguous rows) as floats */
+    cvt_scales(W->scales, W->sdt, r * ng, NR * ng, sf);
+    cvt_scales(W->biases, W->sdt, r * ng, NR * ng, bf);
 #pragma GCC unroll 4
     for (int k = 0; k < NR * NB; k++) {
         const int kr = NR > 1 ? k : 0, kb = NR > 1 ? 0 : k;
-        q4i_mults(W->scales, W->sdt, (r + kr) * ng, nc, ka->xqs + (b0 + kb) * ka->ldxqs, mq[k], G);
+        q4i_mults(sf + kr * ng, nc, ka->xqs + (b0 + kb) * ka->ldxqs, mq[k], G);
         acc[k][0] = acc[k][1] = _mm256_setzero_ps();
     }
 #pragma GCC unroll 4
@@ -374,9 +380,8 @@ static inline __attribute__((always_inline)) void q4i_blk(const fm__mat *W, int6
     for (int k = 0; k < NR; k++)
 #pragma GCC unroll 4
         for (int b = 0; b < NB; b++) {
-            __m256 a[2] = {acc[k + b][0], acc[k + b][1]}; /* a copy: acc stays in registers */
-            bias_fold2(W->biases, W->sdt, (r + k) * ng, btail[k], ka->xs + (b0 + b) * ka->ldxs, ng, a);
-            Y[(b0 + b) * ldy + r + k] = VHSUM(_mm256_add_ps(a[0], a[1]));
+            bias_fold2(bf + k * ng, ka->xs + (b0 + b) * ka->ldxs, ng, acc[k + b]);
+            Y[(b0 + b) * ldy + r + k] = VHSUM(_mm256_add_ps(acc[k + b][0], acc[k + b][1]));
         }
 }
 
@@ -384,8 +389,8 @@ static inline __attribute__((always_inline)) void q4i_rows(const fm__mat *W, int
                                                            float *Y, int64_t ldy, const fm__kargs *ka, const int G,
                                                            const int D) {
     const int64_t RB = W->cols / 2; /* prefetch distances for blocks of Q4_NRMAX rows and of 1 */
-    const int64_t pfn[2] = {fm__pf_dist(Q4_PF_L2, Q4_NRMAX * RB), fm__pf_dist(Q4_PF_L1, Q4_NRMAX * RB)};
-    const int64_t pf1[2] = {fm__pf_dist(Q4_PF_L2, RB), fm__pf_dist(Q4_PF_L1, RB)};
+    const int64_t pfn[2] = {fm__pf_dist(Q4_PF_L2, Q4_NRMAX * RB), Q4_PF_L1};
+    const int64_t pf1[2] = {fm__pf_dist(Q4_PF_L2, RB), Q4_PF_L1};
     if (n == 1) { /* decode: rows in blocks that share the digit loads */
         int64_t r = r0;
         for (; r + Q4_NRMAX <= r1; r += Q4_NRMAX) q4i_blk(W, r, Y, ldy, ka, 0, Q4_NRMAX, 1, G, D, pfn);
@@ -406,7 +411,7 @@ static inline __attribute__((always_inline)) void q4i_rows(const fm__mat *W, int
 
 FM_ROWS_DECL(fm__rows_avx2) {
     if (W->type == FM_W_QAFFINE && W->bits == 4 && ka && ka->xq) {
-        if (W->cols / 64 > Q4_NCMAX) { /* not from dispatch.c: the same bits, slowly */
+        if (W->cols / 64 > Q4_NCMAX || W->cols / W->group > Q4_NGMAX) { /* not from dispatch.c: the same bits, slowly */
             fm__rows_digits_ref(W, r0, r1, X, ldx, n, Y, ldy, ka);
             return;
         }
