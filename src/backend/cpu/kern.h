@@ -35,8 +35,8 @@ FM_ROWS_DECL(fm__rows_scalar);
  * smallest multiple of the block's bytes that is at least `ahead`, so that the target is
  * the same place in the same row of a block further on. A fixed distance below the
  * block's size instead lands in rows the block is reading now (8192 columns of 4 bits, 2
- * rows: 20 -> 24-25 GB/s Q4 matvec on the Zen 3 VM when fixed). Once per call, not per
- * block: the division costs a block of short rows several percent. */
+ * rows: 20-21 -> 24-26 GB/s Q4 matvec on the Zen 3 VM when fixed). Call it once per
+ * call, not per block (it divides). */
 static inline int64_t fm__pf_dist(int64_t ahead, int64_t block_bytes) {
     return block_bytes > 0 ? (ahead + block_bytes - 1) / block_bytes * block_bytes : ahead;
 }

@@ -230,12 +230,13 @@ static inline __attribute__((always_inline)) void bias_fold2(const float *bf, co
     }
 }
 
-/* Software prefetch of the 4-bit path, bytes ahead in the stream of a block of rows
- * (rounded up to whole blocks, fm__pf_dist): each weight row into L2 far ahead and into L1
- * nearer, and the scale and bias streams 512 bytes ahead. On the Zen 3 VM (Q4 g64 matvec,
- * 2048 and 8192 columns, from DRAM) this gave 1 thread 10.9 -> 12.2-13.2 GB/s and 2
- * threads 18.4 -> 24.2 GB/s at 8192 columns over a single T0 prefetch 2 KiB ahead; with
- * no software prefetch at all the kernel ran at half speed. */
+/* Software prefetch of the 4-bit path, bytes ahead in the stream of a block of rows: each
+ * weight row into L2 far ahead (rounded up to whole blocks, fm__pf_dist, so that wide rows
+ * are covered) and into L1 nearer (as is: measured best for 2048 columns), and the scale
+ * and bias streams 512 bytes ahead. On the Zen 3 VM (Q4 g64 matvec, 2048 and 8192
+ * columns, from DRAM) this gave 1 thread 10.9 -> 12.2-13.2 GB/s and 2 threads
+ * 18.4 -> 24.2 GB/s at 8192 columns over a single T0 prefetch 2 KiB ahead; with no
+ * software prefetch at all the kernel ran at half speed. */
 #ifndef Q4_PF_L2
 #define Q4_PF_L2 4096
 #endif

@@ -17,9 +17,9 @@
 #ifndef FM_PF_HINT
 #define FM_PF_HINT _MM_HINT_T1
 #endif
-/* The 4-bit kernel's distance (rounded up to whole blocks of rows, fm__pf_dist) and hint: into
- * L2, 8 KiB ahead (measured best for long streams here, 1 and 2 threads, 4 KiB and 2 MiB
- * pages; T0 or NTA hints, or 2 KiB, halve the 2-thread rate). */
+/* The 4-bit kernel's distance and hint: into L2, 8 KiB ahead (measured best for long
+ * streams here, 1 and 2 threads, 4 KiB and 2 MiB pages; T0 or NTA hints, or 2 KiB, halve
+ * the 2-thread rate), rounded up to whole blocks of rows (fm__pf_dist). */
 #ifndef FM_PF4
 #define FM_PF4 8192
 #endif
