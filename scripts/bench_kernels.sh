@@ -6,7 +6,8 @@
 # resident next to other work) under .bench/ (git-ignored), then runs
 #   flash-moe bench --model DIR
 # which prints the read bandwidth (1 and all threads; on 2 MiB pages, the 4 KiB-page figure
-# beside it), the Q4/Q8/BF16 matvec GB/s next to it (and each kernel's rate on a matrix that
+# beside it), the Q4/Q8/BF16 matvec GB/s next to it (the best pass; with all threads also
+# the mean of the passes, the rate decode meets; and each kernel's rate on a matrix that
 # stays in the cache, its arithmetic's ceiling), and the decode tok/s next to the bound
 # (active bytes per token / the best read rate of the run), with all experts resident.
 # Buffers and matrices are sized from the last-level cache (>= 16x and 8x it), so no
