@@ -263,16 +263,17 @@ static inline __attribute__((always_inline)) void cvt_scales(const void *base, f
 }
 
 /* The per-chunk multipliers scale * s[c] of one row (scales sf as floats, readable 16 past
- * the row's) against the chunk scales xqs, in mq: G >= 64 one per chunk, G = 32 two (the
- * chunk's columns 0-31 and 32-63). */
+ * the row's) against the chunk scales xqs (read masked only in a last partial group), in
+ * mq: G >= 64 one per chunk, G = 32 two (the chunk's columns 0-31 and 32-63). */
 static inline __attribute__((always_inline)) void q4i_mults(const float *sf, int64_t nc, const float *xqs,
                                                             float *mq, const int G) {
     if (G == 32) {
         const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
         for (int64_t c = 0; c < nc; c += 4) {
-            __m128i m = _mm256_castsi256_si128(lanes_below(nc - c));
-            __m256 x = _mm256_castps128_ps256(c + 4 <= nc ? _mm_loadu_ps(xqs + c) : _mm_maskload_ps(xqs + c, m));
-            _mm256_storeu_ps(mq + 2 * c, _mm256_mul_ps(_mm256_loadu_ps(sf + 2 * c), _mm256_permutevar8x32_ps(x, dup)));
+            const __m128 x4 = c + 4 <= nc ? _mm_loadu_ps(xqs + c)
+                                          : _mm_maskload_ps(xqs + c, _mm256_castsi256_si128(lanes_below(nc - c)));
+            const __m256 x = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(x4), dup);
+            _mm256_storeu_ps(mq + 2 * c, _mm256_mul_ps(_mm256_loadu_ps(sf + 2 * c), x));
         }
     } else {
         for (int64_t c = 0; c < nc; c += 8) {
