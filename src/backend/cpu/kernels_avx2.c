@@ -267,8 +267,8 @@ static inline __attribute__((always_inline)) void cvt_scales(const void *base, f
  * mq: G >= 64 one per chunk, G = 32 two (the chunk's columns 0-31 and 32-63). */
 static inline __attribute__((always_inline)) void q4i_mults(const float *sf, int64_t nc, const float *xqs,
                                                             float *mq, const int G) {
+    const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3); /* lanes 0-3 each twice */
     if (G == 32) {
-        const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
         for (int64_t c = 0; c < nc; c += 4) {
             const __m128 x4 = c + 4 <= nc ? _mm_loadu_ps(xqs + c)
                                           : _mm_maskload_ps(xqs + c, _mm256_castsi256_si128(lanes_below(nc - c)));
@@ -278,8 +278,7 @@ static inline __attribute__((always_inline)) void q4i_mults(const float *sf, int
     } else {
         for (int64_t c = 0; c < nc; c += 8) {
             __m256 s = G == 64 ? _mm256_loadu_ps(sf + c)
-                               : _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sf + c / 2)),
-                                                          _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+                               : _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sf + c / 2)), dup);
             __m256 x = c + 8 <= nc ? _mm256_loadu_ps(xqs + c) : _mm256_maskload_ps(xqs + c, lanes_below(nc - c));
             _mm256_storeu_ps(mq + c, _mm256_mul_ps(s, x));
         }
