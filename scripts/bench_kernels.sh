@@ -5,8 +5,9 @@
 # layers (default 6: every per-layer shape is real, only the depth is cut so that it stays
 # resident next to other work) under .bench/ (git-ignored), then runs
 #   flash-moe bench --model DIR
-# which prints the read bandwidth (1 and all threads; on 2 MiB pages, the 4 KiB-page figure
-# beside it), the Q4/Q8/BF16 matvec GB/s next to it (the best pass; with all threads also
+# which prints the read bandwidth (1 and all threads, the best of seven read loops of 1-8
+# streams per thread with and without software prefetch, on 2 MiB and 4 KiB pages; the
+# plain one-stream loop's rate beside it), the Q4/Q8/BF16 matvec GB/s next to it (the best pass; with all threads also
 # the mean of the passes, the rate decode meets; and each kernel's rate on a matrix that
 # stays in the cache, its arithmetic's ceiling), and the decode tok/s next to the bound
 # (active bytes per token / the best read rate of the run), with all experts resident.
@@ -30,4 +31,4 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 "$BIN" bench --model "$DIR" --cache-dir "" --seconds 1 --decode 32 "$@" | tee "$out"
 echo "---- summary"
-grep -E "^memory read bandwidth \(|^matvec Q4 g64 \(|^DECODE VS BOUND" "$out"
+grep -E "^memory read bandwidth \(|^  best loops|^matvec Q4 g64 \(|^DECODE VS BOUND" "$out"
