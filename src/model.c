@@ -950,9 +950,7 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
         for (int32_t k = 0; k < K; k++) {
             size_t i = (size_t)t * K + k;
             if (m->miss_policy == FM_MISS_SKIP && m->topw[i] == 0 && k != 0) continue;
-            const float *eo = m->ebuf + i * H;
-            float wk = m->topw[i];
-            for (int32_t d = 0; d < H; d++) o[d] += wk * eo[d];
+            fm__axpy(o, m->topw[i], m->ebuf + i * H, H);
         }
     }
     /* 7. shared expert scaled by its sigmoid gate */
@@ -986,7 +984,7 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             /* 2'. linear attention (recurrent state) instead of steps 3-9 */
             a->linear->forward(w->mix, c, m->pool, m->xb, T, s->lin + (size_t)w->lin * m->lin_state,
                                m->mix_scratch, m->hb);
-            for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i];
+            fm__add(m->x, m->hb, T * H);
             goto ffn;
         }
         /* 3. q, k, v projections (+ bias); with an output gate q_proj gives [q | gate] per head */
@@ -1058,7 +1056,10 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
         tp = ph(m, PH_ATTN, tp);
         /* 9. output projection and residual */
         fm__matmul(m->pool, &w->wo, m->att, QD, T, m->hb, H);
-        for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i] + (w->bo ? w->bo[i % H] : 0.0f);
+        if (w->bo)
+            for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i] + w->bo[i % H];
+        else
+            fm__add(m->x, m->hb, T * H);
         tp = ph(m, PH_WO, tp);
     ffn:
         /* 10. FFN pre-norm */
@@ -1077,7 +1078,7 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             tp = ph(m, PH_SHARED, tp);
         }
         /* 12. residual */
-        for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i];
+        fm__add(m->x, m->hb, T * H);
         tp = ph(m, PH_COMBINE, tp);
     }
     return FM_OK;
