@@ -955,10 +955,7 @@ static fm_status moe(fm_model *m, const layer_w *w, const layer_w *next, const f
     }
     /* 7. shared expert scaled by its sigmoid gate */
     if (w->m_inter)
-        for (int32_t t = 0; t < T; t++) {
-            float g = fm__sigmoid(m->sg[t]);
-            for (int64_t d = 0; d < H; d++) out[t * H + d] += g * m->sbuf[t * H + d];
-        }
+        for (int32_t t = 0; t < T; t++) fm__axpy(out + t * H, fm__sigmoid(m->sg[t]), m->sbuf + t * H, H);
     ph(m, PH_COMBINE, tp);
     return FM_OK;
 }
@@ -984,7 +981,7 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             /* 2'. linear attention (recurrent state) instead of steps 3-9 */
             a->linear->forward(w->mix, c, m->pool, m->xb, T, s->lin + (size_t)w->lin * m->lin_state,
                                m->mix_scratch, m->hb);
-            fm__add(m->x, m->hb, T * H);
+            fm__axpy(m->x, 1.0f, m->hb, T * H);
             goto ffn;
         }
         /* 3. q, k, v projections (+ bias); with an output gate q_proj gives [q | gate] per head */
@@ -1059,7 +1056,7 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
         if (w->bo)
             for (int64_t i = 0; i < T * H; i++) m->x[i] += m->hb[i] + w->bo[i % H];
         else
-            fm__add(m->x, m->hb, T * H);
+            fm__axpy(m->x, 1.0f, m->hb, T * H);
         tp = ph(m, PH_WO, tp);
     ffn:
         /* 10. FFN pre-norm */
@@ -1078,7 +1075,7 @@ static fm_status forward_chunk(fm_model *m, fm__state *s, const int32_t *tokens,
             tp = ph(m, PH_SHARED, tp);
         }
         /* 12. residual */
-        fm__add(m->x, m->hb, T * H);
+        fm__axpy(m->x, 1.0f, m->hb, T * H);
         tp = ph(m, PH_COMBINE, tp);
     }
     return FM_OK;

@@ -17,9 +17,8 @@ void fm__rmsnorm(float *out, const float *x, const float *w, int64_t n, float ep
 void fm__rope(float *x, int32_t n_heads, int32_t head_dim, int32_t rot, const float *cos,
               const float *sin);
 
-/* y[i] += a * x[i] and y[i] += x[i], i < n (each element rounded as written). */
+/* y[i] += a * x[i], i < n (each element rounded as written; a = 1: y[i] += x[i]). */
 void fm__axpy(float *y, float a, const float *x, int64_t n);
-void fm__add(float *y, const float *x, int64_t n);
 
 /* In-place softmax over x[0..n). */
 void fm__softmax(float *x, int64_t n);

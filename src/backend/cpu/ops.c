@@ -108,19 +108,6 @@ void fm__axpy(float *y, float a, const float *x, int64_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-FM_CLONES
-void fm__add(float *y, const float *x, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        fm__v8 u, v;
-        ld8(&u, y + i);
-        ld8(&v, x + i);
-        u += v;
-        st8(y + i, &u);
-    }
-    for (; i < n; i++) y[i] += x[i];
-}
-
 /* q.k over n floats: 8 running lanes (lane l sums the columns = l mod 8 in order), the
  * remainder added to lane d mod 8, then ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7)). A fixed
  * order, the same on every path. */
