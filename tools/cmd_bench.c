@@ -75,7 +75,7 @@ typedef struct {
     const char *buf;
     uint64_t bytes;
     int loop;
-    bw_vec sink[256]; /* one per task (bytes / 4 MiB <= 256) */
+    bw_vec sink[256]; /* the tasks' results (task mod 256), so the loads are not dropped */
 } bw_job;
 
 /* Streams of `part` bytes from base, then the bytes from S * part to n. */
@@ -112,10 +112,7 @@ static void bw_task(int64_t t, void *c) {
 /* One pass of read loop `loop` over bytes (a multiple of 16) at buf (64-byte aligned), in
  * 4 MiB tasks: GB/s. */
 static double read_pass(fm__pool *p, const void *buf, uint64_t bytes, int loop) {
-    static bw_job j; /* the sink is large; bench runs one pass at a time */
-    j.buf = buf;
-    j.bytes = bytes;
-    j.loop = loop;
+    bw_job j = {buf, bytes, loop, {{0}}};
     double t0 = fm__now();
     fm__pool_run(p, (int64_t)((bytes + BW_TASK - 1) / BW_TASK), bw_task, &j);
     return bytes / (fm__now() - t0) / 1e9;
